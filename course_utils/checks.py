@@ -1,0 +1,128 @@
+"""Checks for the exercises: each failure says what is wrong and what was expected.
+
+Check cells in the notebooks call these. A student's unfinished answer (``None``, or a function that
+still raises ``NotImplementedError``) fails with a message that says so, never with a bare
+``AssertionError`` or ``NameError``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckFailed(AssertionError):
+    """An exercise answer is not right yet; the message tells the student what to fix."""
+
+
+def check_answered(value: Any, name: str) -> Any:
+    """Fail if the answer variable ``name`` still holds ``None``; return the value otherwise.
+
+    Used in: every notebook's exercises
+    """
+    if value is None:
+        raise CheckFailed(f"`{name}` is still None: write your answer in the cell above and run it.")
+    return value
+
+
+def check_implemented(func: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call the student's function; an unfinished one fails with a clear message, not a traceback.
+
+    Used in: every notebook's exercises
+    """
+    name = getattr(func, "__name__", repr(func))
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError:
+        raise CheckFailed(f"`{name}` is not implemented yet: replace `raise NotImplementedError()`.") from None
+
+
+def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
+    """Fail unless ``value == expected``, naming both.
+
+    Used in: 01_data_loading.ipynb
+    """
+    check_answered(value, name)
+    if value != expected:
+        raise CheckFailed(f"`{name}` is {value!r}, expected {expected!r}. {hint}".strip())
+
+
+def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "") -> None:
+    """Fail unless ``tensor`` is a tensor of shape ``expected``.
+
+    Used in: 01_data_loading.ipynb, 05_feature_extraction.ipynb
+    """
+    check_answered(tensor, name)
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckFailed(f"`{name}` should be a torch.Tensor, got {type(tensor).__name__}.")
+    if tuple(tensor.shape) != tuple(expected):
+        raise CheckFailed(
+            f"`{name}` has shape {tuple(tensor.shape)}, expected {tuple(expected)}. {hint}".strip()
+        )
+
+
+def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hint: str = "") -> None:
+    """Fail unless ``value`` equals ``expected`` within ``atol`` (numbers or tensors).
+
+    Used in: 02_data_augmentation.ipynb, 08_attribution_with_captum.ipynb
+    """
+    check_answered(value, name)
+    actual, target = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    if actual.shape != target.shape:
+        raise CheckFailed(f"`{name}` has shape {tuple(actual.shape)}, expected {tuple(target.shape)}.")
+    gap = (actual - target).abs().max().item() if actual.numel() else 0.0
+    if gap > atol:
+        raise CheckFailed(
+            f"`{name}` is off by up to {gap:.4g} (allowed {atol:g}); expected {expected!r}. {hint}".strip()
+        )
+
+
+def check_head(model: Any, num_classes: int, name: str = "model") -> None:
+    """Fail unless the model's last ``nn.Linear`` has ``num_classes`` outputs.
+
+    Used in: 04_model_surgery.ipynb
+    """
+    from course_utils.models import get_head
+
+    check_answered(model, name)
+    if not isinstance(model, nn.Module):
+        raise CheckFailed(f"`{name}` should be an nn.Module, got {type(model).__name__}.")
+    head_name, head = get_head(model)
+    if head.out_features != num_classes:
+        raise CheckFailed(
+            f"The head `{head_name}` of `{name}` has {head.out_features} outputs, but the dataset has "
+            f"{num_classes} classes. Replace it with nn.Linear({head.in_features}, {num_classes})."
+        )
+
+
+def check_trainable(model: Any, trainable: Sequence[str], name: str = "model") -> None:
+    """Fail unless exactly the parameters under the prefixes ``trainable`` have ``requires_grad``.
+
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    """
+    check_answered(model, name)
+    prefixes = tuple(trainable)
+    wrong_on = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
+    wrong_off = [n for n, p in model.named_parameters() if not p.requires_grad and n.startswith(prefixes)]
+    if wrong_on:
+        raise CheckFailed(
+            f"{len(wrong_on)} parameters of `{name}` should be frozen but still train (first: {wrong_on[0]}). "
+            "Set requires_grad=False on everything outside " + ", ".join(prefixes) + "."
+        )
+    if wrong_off:
+        raise CheckFailed(
+            f"{len(wrong_off)} parameters of `{name}` should train but are frozen (first: {wrong_off[0]}). "
+            "Keep requires_grad=True for " + ", ".join(prefixes) + "."
+        )
+
+
+def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> None:
+    """Fail unless the number ``value`` is at least ``minimum`` (e.g. a validation accuracy).
+
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    """
+    check_answered(value, name)
+    if not isinstance(value, (int, float)) or value < minimum:
+        raise CheckFailed(f"`{name}` is {value!r}, expected at least {minimum}. {hint}".strip())

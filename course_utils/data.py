@@ -1,0 +1,215 @@
+"""Image folders, train/val splits, transforms that match a backbone, and an in-memory image cache.
+
+Unreadable images raise an error that names the file (they are never skipped silently), and files
+that are not images (``.DS_Store``, ``notes.txt``) are ignored.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from course_utils.models import Preprocessing
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+VAL_FOLDER_NAMES = ("val", "valid", "test")
+
+
+def data_root() -> Path:
+    """Folder that holds the course's datasets.
+
+    ``$COURSE_DATA`` if set; else ``data/`` of a source checkout; else ``~/.cache/course_utils``
+    (a package installed from git, as on Colab, has no ``data/`` folder).
+
+    Used in: 01_data_loading.ipynb
+    """
+    if os.environ.get("COURSE_DATA"):
+        return Path(os.environ["COURSE_DATA"]).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return checkout / "data"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "course_utils"
+
+
+def load_rgb(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
+    """Open any image as 3-channel RGB (palette, grey, RGBA and CMYK are converted).
+
+    Raises:
+        ValueError: The file is truncated or not a readable image; the message names the file.
+
+    Used in: 01_data_loading.ipynb
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(
+            f"Cannot read image {path}: {err}. Delete or replace this file and run again."
+        ) from None
+
+
+def is_image_file(path: str) -> bool:
+    """True for files with an image extension that are not hidden (skips ``.DS_Store``, ``._x.jpg``)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def image_folder(folder: str | os.PathLike, transform=None) -> "torchvision.datasets.ImageFolder":  # noqa: F821
+    """A torchvision ``ImageFolder`` that skips non-image files and loads everything as RGB.
+
+    Used in: 01_data_loading.ipynb
+    """
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
+
+
+def find_splits(
+    folder: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, Dataset]:
+    """Train and validation datasets from a folder, whatever its layout.
+
+    Accepts ``train/`` beside ``val/``, ``valid/`` or ``test/``; otherwise the folder holds class
+    folders directly and is split by a seeded random ``val_fraction``. The datasets return PIL images;
+    give them transforms with :class:`Transformed` or :class:`CachedImages`.
+
+    Args:
+        folder: Dataset folder.
+        val_fraction: Share of images held out when there is no validation folder.
+        seed: Seed of that split.
+
+    Returns:
+        ``{"train": dataset, "val": dataset}``; both have ``.classes``.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: ``val_fraction`` is not strictly between 0 and 1.
+
+    Used in: 01_data_loading.ipynb
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"No dataset folder at {folder}. Check the path, or call hymenoptera() to fetch the course data."
+        )
+    for val_name in VAL_FOLDER_NAMES:
+        if (folder / "train").is_dir() and (folder / val_name).is_dir():
+            return {"train": image_folder(folder / "train"), "val": image_folder(folder / val_name)}
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}.")
+    full = image_folder(folder)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(full) * val_fraction))
+    splits = {"train": Subset(full, sorted(order[n_val:])), "val": Subset(full, sorted(order[:n_val]))}
+    for subset in splits.values():
+        subset.classes = full.classes
+    return splits
+
+
+def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "torch.nn.Module"]:
+    """Training and evaluation pipelines (torchvision ``transforms.v2``) for a backbone.
+
+    Training: random resized crop and horizontal flip (if ``augment``), evaluation: resize and centre
+    crop. Both end with ``float32`` in [0, 1] and the backbone's normalisation. They accept PIL images
+    and uint8 tensors.
+
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = InterpolationMode(pre.interpolation)
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    if augment:
+        head = [v2.RandomResizedCrop(pre.crop, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        head = [v2.Resize(pre.resize, interpolation=mode, antialias=True), v2.CenterCrop(pre.crop)]
+    evaluation = [v2.Resize(pre.resize, interpolation=mode, antialias=True), v2.CenterCrop(pre.crop)]
+    return {"train": v2.Compose(head + tail), "val": v2.Compose(evaluation + tail)}
+
+
+def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Undo ``Normalize`` for display: CHW or NCHW tensor back to [0, 1] pixels (clamped).
+
+    Used in: 01_data_loading.ipynb, 08_attribution_with_captum.ipynb
+    """
+    shape = (-1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+class Transformed(Dataset):
+    """A dataset of ``(PIL image, label)`` with a transform applied to each image on access."""
+
+    def __init__(self, dataset: Dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+class CachedImages(Dataset):
+    """Decode every image once, keep it in memory resized, and apply ``transform`` on access.
+
+    Small datasets are otherwise decoded again every epoch: for hymenoptera, decoding the full-size
+    JPEGs costs more than a forward pass. Images are stored as uint8 CHW tensors whose shorter side
+    is ``size`` (about 0.2 MB each at 256 px). JPEGs are decoded directly at reduced scale.
+
+    Args:
+        dataset: A dataset from :func:`find_splits` (``ImageFolder`` or ``Subset`` of one).
+        size: Shorter side kept in memory; use ``preprocessing.resize``.
+        transform: Applied to the cached uint8 tensor on every access.
+
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    """
+
+    def __init__(self, dataset: Dataset, size: int, transform=None) -> None:
+        self.classes = dataset.classes
+        self.samples = _samples_of(dataset)
+        self.size, self.transform = size, transform
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            self.images = list(pool.map(self._decode, [path for path, _ in self.samples]))
+        self.targets = [label for _, label in self.samples]
+
+    def _decode(self, path: str) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (self.size, self.size))
+                image = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"Cannot read image {path}: {err}. Delete or replace this file.") from None
+        scale = self.size / min(image.size)
+        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return pil_to_tensor(image.resize(new_size, Image.BICUBIC))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def _samples_of(dataset: Dataset) -> list[tuple[str, int]]:
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.samples[i] for i in dataset.indices]
+    if hasattr(dataset, "samples"):
+        return list(dataset.samples)
+    raise TypeError(
+        f"CachedImages needs an ImageFolder or a Subset of one, got {type(dataset).__name__}. "
+        "Build it with find_splits()."
+    )
