@@ -6,6 +6,7 @@ still raises ``NotImplementedError``) fails with a message that says so, never w
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,7 +90,10 @@ def check_head(model: Any, num_classes: int, name: str = "model") -> None:
     check_answered(model, name)
     if not isinstance(model, nn.Module):
         raise CheckFailed(f"`{name}` should be an nn.Module, got {type(model).__name__}.")
-    head_name, head = get_head(model)
+    try:
+        head_name, head = get_head(model)
+    except ValueError as err:  # e.g. the head was replaced by nn.Identity instead of a new nn.Linear
+        raise CheckFailed(f"`{name}`: {err}") from None
     if head.out_features != num_classes:
         raise CheckFailed(
             f"The head `{head_name}` of `{name}` has {head.out_features} outputs, but the dataset has "
@@ -98,14 +102,18 @@ def check_head(model: Any, num_classes: int, name: str = "model") -> None:
 
 
 def check_trainable(model: Any, trainable: Sequence[str], name: str = "model") -> None:
-    """Fail unless exactly the parameters under the prefixes ``trainable`` have ``requires_grad``.
+    """Fail unless exactly the parameters under the modules ``trainable`` have ``requires_grad``.
+
+    Names are matched whole: ``"features.1"`` covers ``features.1.weight``, not ``features.10.weight``.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
     """
     check_answered(model, name)
     prefixes = tuple(trainable)
-    wrong_on = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
-    wrong_off = [n for n, p in model.named_parameters() if not p.requires_grad and n.startswith(prefixes)]
+    starts = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    inside = [(n, p, n in prefixes or n.startswith(starts)) for n, p in model.named_parameters()]
+    wrong_on = [n for n, p, under in inside if p.requires_grad and not under]
+    wrong_off = [n for n, p, under in inside if not p.requires_grad and under]
     if wrong_on:
         raise CheckFailed(
             f"{len(wrong_on)} parameters of `{name}` should be frozen but still train (first: {wrong_on[0]}). "
@@ -121,8 +129,15 @@ def check_trainable(model: Any, trainable: Sequence[str], name: str = "model") -
 def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> None:
     """Fail unless the number ``value`` is at least ``minimum`` (e.g. a validation accuracy).
 
+    A one-element tensor counts as its number.
+
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     check_answered(value, name)
-    if not isinstance(value, (int, float)) or value < minimum:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()  # e.g. an accuracy computed with tensor operations
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CheckFailed(f"`{name}` should be a number, got {type(value).__name__}: {value!r}.")
+    value = float(value)  # numpy scalars print as plain numbers
+    if not value >= minimum:  # also fails for NaN
         raise CheckFailed(f"`{name}` is {value!r}, expected at least {minimum}. {hint}".strip())

@@ -35,6 +35,23 @@ def data_root() -> Path:
     return cache / "course_utils"
 
 
+def runs_root() -> Path:
+    """Folder for files the notebooks write (cached features, checkpoints); never inside the data root.
+
+    ``$COURSE_RUNS`` if set; else ``runs/`` of a source checkout (git-ignored); else
+    ``~/.cache/course_utils/runs``. Kept apart from :func:`data_root` because datasets may be read-only.
+
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb
+    """
+    if os.environ.get("COURSE_RUNS"):
+        return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "runs"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "course_utils" / "runs"
+
+
 def load_rgb(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
     """Open any image as 3-channel RGB (palette, grey, RGBA and CMYK are converted).
 
@@ -171,12 +188,16 @@ class CachedImages(Dataset):
         size: Shorter side kept in memory; use ``preprocessing.resize``.
         transform: Applied to the cached uint8 tensor on every access.
 
+    Raises:
+        TypeError: ``dataset`` is neither an ``ImageFolder`` nor a ``Subset`` of one.
+        ValueError: An image cannot be read; the message names the file.
+
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:
-        self.classes = dataset.classes
-        self.samples = _samples_of(dataset)
+        self.samples = _samples_of(dataset)  # first: raises TypeError for unsupported datasets
+        self.classes = dataset.classes if hasattr(dataset, "classes") else dataset.dataset.classes
         self.size, self.transform = size, transform
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             self.images = list(pool.map(self._decode, [path for path, _ in self.samples]))
@@ -192,8 +213,11 @@ class CachedImages(Dataset):
                 image = image.convert("RGB")
         except (OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"Cannot read image {path}: {err}. Delete or replace this file.") from None
-        scale = self.size / min(image.size)
-        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        # Same output size as torchvision's Resize(size) (longer side truncated), so that the Resize in
+        # the transform is then a no-op and cached images match uncached ones.
+        short, long = sorted(image.size)
+        new_long = max(1, int(self.size * long / short))
+        new_size = (self.size, new_long) if image.width <= image.height else (new_long, self.size)
         return pil_to_tensor(image.resize(new_size, Image.BICUBIC))
 
     def __len__(self) -> int:
@@ -205,7 +229,7 @@ class CachedImages(Dataset):
 
 
 def _samples_of(dataset: Dataset) -> list[tuple[str, int]]:
-    if isinstance(dataset, Subset):
+    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "samples"):
         return [dataset.dataset.samples[i] for i in dataset.indices]
     if hasattr(dataset, "samples"):
         return list(dataset.samples)

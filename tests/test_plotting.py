@@ -1,0 +1,113 @@
+"""course_utils.plotting: images and training curves, drawn into new or given axes, with titles and labels."""
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from course_utils import plotting  # noqa: E402
+from course_utils.data import denormalize  # noqa: E402
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+HISTORY = [
+    {"epoch": 1, "train_loss": 1.2, "train_acc": 0.4, "val_loss": 1.0, "val_acc": 0.5, "seconds": 1.0},
+    {"epoch": 2, "train_loss": 0.8, "train_acc": 0.6, "val_loss": 0.9, "val_acc": 0.55, "seconds": 1.0},
+    {"epoch": 3, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.7, "val_acc": 0.7, "seconds": 1.0},
+]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def _images(n: int) -> torch.Tensor:
+    return torch.randn(n, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+
+
+def test_show_image_draws_the_denormalised_pixels():
+    image = _images(1)[0]
+    ax = plotting.show_image(image, mean=MEAN, std=STD, title="a bee")
+    assert ax.get_title() == "a bee"
+    shown = np.asarray(ax.images[0].get_array())
+    expected = denormalize(image, MEAN, STD).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(shown, expected, atol=1e-6)
+
+
+def test_show_image_draws_into_the_given_axes():
+    fig, ax = plt.subplots()
+    assert plotting.show_image(_images(1)[0], mean=MEAN, std=STD, ax=ax) is ax
+    assert len(ax.images) == 1 and len(fig.axes) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 6, 5), (6, 5), (1, 6, 5), (4, 6, 5)])
+def test_show_image_rejects_wrong_shapes(shape):
+    with pytest.raises(ValueError, match=r"\(3, H, W\).*" + re.escape(str(shape))):
+        plotting.show_image(torch.zeros(shape), mean=MEAN, std=STD)
+
+
+def test_plot_image_grid_new_figure():
+    titles = ["ants", "bees", "ants", "bees", "ants"]
+    fig = plotting.plot_image_grid(_images(5), mean=MEAN, std=STD, titles=titles, ncols=3, suptitle="Batch")
+    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:5]] == titles
+    assert [len(ax.images) for ax in fig.axes] == [1, 1, 1, 1, 1, 0]
+    assert not fig.axes[5].axison, "the unused axes is switched off"
+    assert fig._suptitle.get_text() == "Batch"
+
+
+def test_plot_image_grid_draws_into_given_axes():
+    fig, axes = plt.subplots(2, 2)
+    assert plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, axes=axes) is fig
+    assert all(len(ax.images) == 1 for ax in axes.ravel())
+
+
+def test_plot_image_grid_accepts_a_list_of_images():
+    fig = plotting.plot_image_grid(list(_images(2)), mean=MEAN, std=STD, ncols=2)
+    assert [len(ax.images) for ax in fig.axes] == [1, 1]
+
+
+def test_plot_image_grid_rejects_mismatched_titles():
+    with pytest.raises(ValueError, match="4 images but 3 titles"):
+        plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, titles=["a", "b", "c"])
+
+
+def test_plot_image_grid_rejects_a_single_image():
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(3, 6, 5\)"):
+        plotting.plot_image_grid(_images(1)[0], mean=MEAN, std=STD)
+
+
+def test_plot_image_grid_rejects_too_few_axes():
+    _, axes = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match="4 images but only 2 axes"):
+        plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, axes=axes)
+
+
+def test_plot_history_new_figure():
+    fig = plotting.plot_history(HISTORY, title="Fine-tuning")
+    loss_ax, acc_ax = fig.axes
+    assert fig._suptitle.get_text() == "Fine-tuning"
+    for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+        assert ax.get_title() and ax.get_xlabel() == "epoch" and ax.get_ylabel()
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {"train", "val"}
+        for split, line in lines.items():
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert list(line.get_ydata()) == [row[f"{split}_{key}"] for row in HISTORY]
+
+
+def test_plot_history_draws_into_given_axes():
+    fig, axes = plt.subplots(1, 2)
+    assert plotting.plot_history(HISTORY, axes=axes) is fig
+    assert all(len(ax.get_lines()) == 2 for ax in axes)
+
+
+def test_plot_history_rejects_an_empty_history():
+    with pytest.raises(ValueError, match="history is empty"):
+        plotting.plot_history([])

@@ -1,0 +1,198 @@
+"""course_utils.train: seeding, devices, the training/evaluation loops, fit and atomic checkpoints."""
+import copy
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from course_utils import train
+
+CPU = torch.device("cpu")
+HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+
+
+def _blobs(n_per_class: int = 20, seed: int = 0) -> TensorDataset:
+    """Three well separated 2-D clusters: a linear model can learn them."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[4.0, 0.0], [-4.0, 4.0], [0.0, -4.0]])
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    points = centres[labels] + torch.randn(len(labels), 2, generator=generator)
+    return TensorDataset(points, labels)
+
+
+def _images(count: int, seed: int) -> TensorDataset:
+    """Tiny 8x8 images of 5 classes; the class sets the brightness."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 5
+    images = torch.rand(count, 3, 8, 8, generator=generator) * 0.2 + labels.view(-1, 1, 1, 1) / 5
+    return TensorDataset(images, labels)
+
+
+def test_seed_everything_repeats_torch_numpy_and_random():
+    def draw():
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    train.seed_everything(123)
+    first = draw()
+    train.seed_everything(123)
+    second = draw()
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+    assert first[2] == second[2]
+    train.seed_everything(124)
+    assert not torch.equal(draw()[0], first[0])
+
+
+def test_select_device():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert train.select_device() == torch.device(expected)  # cpu on the course's laptops and CI
+    assert train.select_device("cpu") == torch.device("cpu")
+
+
+def test_select_device_rejects_unknown_names():
+    with pytest.raises(ValueError, match="'tpu'") as info:
+        train.select_device("tpu")
+    assert "cpu" in str(info.value) and "None" in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_select_device_rejects_unavailable_cuda():
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        train.select_device("cuda")
+
+
+def test_accuracy_on_a_hand_made_example():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.5, 0.1, 0.9], [1.0, 0.0, 2.0]])
+    assert train.accuracy(logits, torch.tensor([0, 1, 2, 0])) == pytest.approx(0.75)
+    assert train.accuracy(logits, torch.tensor([1, 0, 0, 1])) == 0.0
+
+
+def test_train_one_epoch_lowers_the_loss():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(_blobs(), batch_size=10, shuffle=True)
+    results = [train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, progress=False)
+               for _ in range(4)]
+    assert set(results[0]) == {"loss", "acc"}
+    losses = [r["loss"] for r in results]
+    assert losses[-1] < losses[0] * 0.5, f"loss did not fall: {losses}"
+    assert results[-1]["acc"] >= 0.9
+    assert model.training
+
+
+def test_train_one_epoch_on_images(tiny_cnn):
+    loader = DataLoader(_images(10, seed=0), batch_size=5)
+    before = [p.detach().clone() for p in tiny_cnn.parameters()]
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    result = train.train_one_epoch(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, CPU, progress=False)
+    assert 0 <= result["acc"] <= 1 and result["loss"] > 0
+    assert all(not torch.equal(a, b) for a, b in zip(before, tiny_cnn.parameters()))
+
+
+def test_evaluate_is_in_eval_mode_and_builds_no_graph(tiny_cnn):
+    seen = []
+
+    def criterion(logits, targets):
+        seen.append((tiny_cnn.training, logits.requires_grad, logits.grad_fn))
+        return nn.functional.cross_entropy(logits, targets)
+
+    tiny_cnn.train()
+    stats = tiny_cnn[1].running_mean.clone()
+    loader = DataLoader(_images(10, seed=1), batch_size=4)
+    result = train.evaluate(tiny_cnn, criterion, loader, CPU, progress=False)
+    assert len(seen) == 3 and all(s == (False, False, None) for s in seen)
+    assert not any(m.training for m in tiny_cnn.modules())
+    assert torch.equal(tiny_cnn[1].running_mean, stats), "BatchNorm statistics must not change"
+    assert all(p.grad is None for p in tiny_cnn.parameters())
+    assert set(result) == {"loss", "acc"}
+    assert result["acc"] in {i / 10 for i in range(11)}
+
+
+def test_fit_history_and_checkpoint(tiny_cnn, tmp_path):
+    train_loader = DataLoader(_images(20, seed=0), batch_size=5, shuffle=True)
+    val_loader = DataLoader(_images(10, seed=1), batch_size=5)
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    path = tmp_path / "runs" / "best.pt"
+    history = train.fit(tiny_cnn, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, CPU, epochs=3,
+                        checkpoint=path, progress=False)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(set(row) == HISTORY_KEYS for row in history)
+    assert all(0 <= row["val_acc"] <= 1 and row["seconds"] >= 0 for row in history)
+    saved = torch.load(path, weights_only=True)
+    assert saved.keys() == tiny_cnn.state_dict().keys()
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"], "no temporary files left"
+
+
+class _FlippingLabels:
+    """Training batches labelled class 0 in the first epoch and class 1 afterwards."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs, self.passes = inputs, 0
+
+    def __iter__(self):
+        self.passes += 1
+        label = 0 if self.passes == 1 else 1
+        for batch in self.inputs.split(10):
+            yield batch, torch.full((len(batch),), label)
+
+
+def test_fit_restores_the_best_epoch(tmp_path):
+    # Validation wants class 0: epoch 1 learns it (best), epochs 2 and 3 unlearn it.
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    inputs = torch.randn(100, 2)
+    val_loader = [(inputs[:20], torch.zeros(20, dtype=torch.long))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    path = tmp_path / "best.pt"
+    history = train.fit(model, nn.CrossEntropyLoss(), optimizer, _FlippingLabels(inputs), val_loader, CPU,
+                        epochs=3, checkpoint=path, progress=False)
+    accuracies = [row["val_acc"] for row in history]
+    assert accuracies[0] == 1.0 and accuracies[-1] < 0.5, accuracies
+    assert train.evaluate(model, nn.CrossEntropyLoss(), val_loader, CPU, progress=False)["acc"] == 1.0
+    for key, tensor in torch.load(path, weights_only=True).items():
+        assert torch.equal(model.state_dict()[key], tensor)
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 2.0])
+def test_fit_rejects_bad_epochs(tiny_cnn, epochs):
+    loader = DataLoader(_images(5, seed=0), batch_size=5)
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=f"got {epochs!r}"):
+        train.fit(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, loader, CPU, epochs=epochs, progress=False)
+
+
+def test_checkpoint_round_trip(tiny_cnn, tmp_path):
+    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+    other = copy.deepcopy(tiny_cnn)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    assert train.load_checkpoint(other, path) is other
+    for key, tensor in tiny_cnn.state_dict().items():
+        assert torch.equal(other.state_dict()[key], tensor)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tiny_cnn, tmp_path, monkeypatch):
+    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("disk full (test)")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with torch.no_grad():
+        tiny_cnn[-1].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train.save_checkpoint(tiny_cnn, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "the temporary file must be removed"
+
+
+def test_load_checkpoint_missing_file(tiny_cnn, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        train.load_checkpoint(tiny_cnn, tmp_path / "missing.pt")
