@@ -69,7 +69,10 @@ def train_one_epoch(
     """
     from tqdm.auto import tqdm
 
+    from course_utils.surgery import eval_frozen_batchnorm
+
     model.train()
+    eval_frozen_batchnorm(model)  # frozen BatchNorms keep their running statistics
     amp = scaler is not None and device.type == "cuda"
     total_loss = correct = seen = 0
     for images, targets in tqdm(data_loader, desc="train", leave=False, disable=not progress):

@@ -1,0 +1,247 @@
+"""Feature extraction: run a frozen backbone once, cache its pooled features, train a head on them.
+
+The cache file's name is a hash of what the features depend on: the caller's ``cache_key`` (backbone
+and preprocessing), the backbone's weights and the exact list of image files (path, size, mtime), so
+a changed dataset or model never gets stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def head_removed(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily swap the model's head (:func:`models.get_head`) for ``nn.Identity``.
+
+    Inside the block the model returns its pooled penultimate features; the head is put back on exit,
+    also when the block raises.
+
+    Used in: 05_feature_extraction.ipynb
+    """
+    from course_utils.models import get_head
+
+    name, head = get_head(model)
+    model.set_submodule(name, nn.Identity())
+    try:
+        yield model
+    finally:
+        model.set_submodule(name, head)
+
+
+def _dataset_files(dataset) -> list[tuple[str, int]]:
+    """(path, label) of every item, in order, from ``.samples``, a ``Subset`` or a wrapper's ``.dataset``."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = _dataset_files(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if hasattr(dataset, "samples"):
+        return [(str(path), int(label)) for path, label in dataset.samples]
+    if hasattr(dataset, "dataset"):
+        return _dataset_files(dataset.dataset)
+    raise TypeError(
+        f"Cannot list the image files of a {type(dataset).__name__}, so its features cannot be cached "
+        "safely. Use an ImageFolder, CachedImages or a Subset of one, or pass cache_dir=None."
+    )
+
+
+def _fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str) -> Path:
+    files = []
+    for path, label in _dataset_files(dataset):
+        stat = os.stat(path)
+        files.append([os.path.abspath(path), label, stat.st_size, stat.st_mtime_ns])
+    with head_removed(model):
+        weights = _fingerprint(model)
+    blob = json.dumps({"key": cache_key, "weights": weights, "files": files}).encode()
+    return Path(cache_dir) / f"features-{hashlib.sha256(blob).hexdigest()[:24]}.pt"
+
+
+def _save_atomically(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks, labels, was_training = [], [], model.training
+    model.eval()
+    try:
+        with head_removed(model), torch.inference_mode():
+            for images, targets in tqdm(loader, desc="features", leave=False, disable=not progress):
+                images = images.to(device, memory_format=torch.channels_last)
+                chunks.append(model(images).flatten(1).float().cpu())
+                labels.append(torch.as_tensor(targets).cpu())
+    finally:
+        model.train(was_training)
+    # Outside inference mode: cat makes ordinary tensors that can feed a trainable head.
+    return torch.cat(chunks).clone(), torch.cat(labels).long().clone()
+
+
+def extract_features(
+    model: nn.Module, dataset, *, batch_size: int = 64, cache_dir: str | Path | None = None,
+    cache_key: str = "", progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled penultimate features of every image, computed once and optionally cached on disk.
+
+    The head is bypassed (:func:`head_removed`); the model runs in eval mode under
+    ``torch.inference_mode`` with channels_last images, and its train/eval mode is restored after.
+
+    Args:
+        model: A classifier whose head :func:`models.get_head` finds.
+        dataset: Yields ``(image_tensor, label)``, already transformed.
+        batch_size: Images per forward pass.
+        cache_dir: Folder for the cache (under ``data_root() / "runs"``, never the dataset folder).
+            The file name hashes ``cache_key``, the backbone weights and the dataset's exact file list
+            (paths, sizes, mtimes). ``None``: no cache.
+        cache_key: What else the features depend on: backbone name and preprocessing.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(features, labels)`` of shapes ``(N, D)`` (float32, CPU) and ``(N,)`` (int64).
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer, or the dataset is empty.
+        TypeError: ``cache_dir`` is given but the dataset's files cannot be listed.
+
+    Used in: 05_feature_extraction.ipynb
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: check the folder passed to find_splits().")
+    path = _cache_path(model, dataset, cache_dir, cache_key) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            return cached["features"], cached["labels"]
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed and overwritten
+            pass
+    features, labels = _run_backbone(model, dataset, batch_size, progress)
+    if path is not None:
+        _save_atomically({"features": features, "labels": labels}, path)
+    return features, labels
+
+
+def _check_features(train_features, train_labels, val_features, val_labels, num_classes: int) -> None:
+    pairs = {"train": (train_features, train_labels), "val": (val_features, val_labels)}
+    for split, (feats, labels) in pairs.items():
+        if feats.dim() != 2 or labels.dim() != 1 or len(feats) != len(labels) or len(feats) == 0:
+            raise ValueError(f"{split} features must be (N, D) and labels (N,) with N > 0, got "
+                             f"{tuple(feats.shape)} and {tuple(labels.shape)}. Use extract_features().")
+    if train_features.shape[1] != val_features.shape[1]:
+        raise ValueError(f"Feature dims differ: train {train_features.shape[1]}, val {val_features.shape[1]}. "
+                         "Extract both splits with the same backbone.")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    for split, (_, labels) in pairs.items():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{split} labels range from {low} to {high}, which does not fit "
+                             f"num_classes={num_classes}. Pass num_classes=len(dataset.classes).")
+
+
+def build_head(in_features: int, num_classes: int, *, hidden: int | None = None, dropout: float = 0.2) -> nn.Module:
+    """A Linear head, or with ``hidden`` a two-layer head with named layers fc1, relu, dropout, fc2.
+
+    Used in: 05_feature_extraction.ipynb
+    """
+    if hidden is None:
+        return nn.Linear(in_features, num_classes)
+    return nn.Sequential(OrderedDict(
+        fc1=nn.Linear(in_features, hidden), relu=nn.ReLU(), dropout=nn.Dropout(dropout),
+        fc2=nn.Linear(hidden, num_classes),
+    ))
+
+
+def _epoch(head, features, labels, criterion, optimizer=None, order=None, batch_size=64) -> tuple[float, float]:
+    order = order if order is not None else torch.arange(len(features))
+    total_loss = correct = 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        with torch.set_grad_enabled(optimizer is not None):
+            logits = head(features[idx])
+            loss = criterion(logits, labels[idx])
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == labels[idx]).sum().item()
+    return total_loss / len(order), correct / len(order)
+
+
+def train_head(
+    train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+    val_labels: torch.Tensor, *, num_classes: int, epochs: int = 30, lr: float = 1e-3,
+    hidden: int | None = None, batch_size: int = 64, seed: int = 0,
+) -> tuple[nn.Module, list[dict]]:
+    """Train a new head on precomputed features with AdamW (seconds per epoch instead of minutes).
+
+    Args:
+        train_features, train_labels: ``(N, D)`` and ``(N,)`` from :func:`extract_features`.
+        val_features, val_labels: The validation split, evaluated after every epoch.
+        num_classes: Outputs of the head.
+        epochs: Passes over the training features.
+        lr: AdamW learning rate.
+        hidden: If given, a two-layer head (:func:`build_head`) with this many hidden units.
+        batch_size: Features per step.
+        seed: Seeds the head's initialisation, shuffling and dropout (global RNG state is restored).
+
+    Returns:
+        ``(head, history)``: the head in eval mode, and one dict per epoch with the keys of
+        ``train.fit``: epoch, train_loss, train_acc, val_loss, val_acc, seconds.
+
+    Raises:
+        ValueError: Shapes do not fit, feature dims differ, or labels do not fit ``num_classes``.
+
+    Used in: 05_feature_extraction.ipynb
+    """
+    _check_features(train_features, train_labels, val_features, val_labels, num_classes)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    train_labels, val_labels = train_labels.long(), val_labels.long()
+    criterion, history = nn.CrossEntropyLoss(), []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = build_head(train_features.shape[1], num_classes, hidden=hidden).to(train_features.device)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            head.train()
+            order = torch.randperm(len(train_features), device=train_features.device)
+            train_loss, train_acc = _epoch(head, train_features, train_labels, criterion, optimizer, order, batch_size)
+            head.eval()
+            val_loss, val_acc = _epoch(head, val_features, val_labels, criterion, batch_size=batch_size)
+            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                            "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start})
+    return head.eval(), history

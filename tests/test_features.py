@@ -1,0 +1,142 @@
+"""Feature extraction (head bypassed and restored), the on-disk feature cache, and train_head."""
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from course_utils import data, features
+
+
+def _images(n=6, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=generator), torch.arange(n) % 3)
+
+
+def _folder_dataset(folder):
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.Resize((24, 24)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    return data.image_folder(folder, transform=transform)
+
+
+def _raise_on_forward(model):
+    def hook(module, args):
+        raise RuntimeError("the model ran")
+    return model.register_forward_pre_hook(hook)
+
+
+def test_features_equal_forward_features_and_pool():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=5).eval()
+    dataset = _images()
+    feats, labels = features.extract_features(model, dataset, batch_size=4, progress=False)
+    with torch.no_grad():
+        reference = model.forward_head(model.forward_features(dataset.tensors[0]), pre_logits=True)
+    assert feats.shape == (6, 1280) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    torch.testing.assert_close(feats, reference, rtol=1e-4, atol=1e-5)
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 5
+
+
+def test_model_mode_is_restored(tiny_cnn):
+    tiny_cnn.train()
+    feats, _ = features.extract_features(tiny_cnn, _images(), progress=False)
+    assert tiny_cnn.training and feats.shape == (6, 16)
+    torch.testing.assert_close(feats, tiny_cnn.eval()[:-1](_images().tensors[0]))
+
+
+def test_head_is_restored_when_forward_raises(tiny_cnn):
+    head = tiny_cnn[8]
+    _raise_on_forward(tiny_cnn[0])
+    with pytest.raises(RuntimeError, match="the model ran"):
+        features.extract_features(tiny_cnn, _images(), progress=False)
+    assert tiny_cnn[8] is head
+    with pytest.raises(KeyError), features.head_removed(tiny_cnn):
+        assert isinstance(tiny_cnn[8], nn.Identity)
+        raise KeyError("inside the block")
+    assert tiny_cnn[8] is head
+
+
+def test_cache_hit_returns_identical_tensors_without_running_the_model(tiny_cnn, tiny_dataset, tmp_path):
+    dataset = _folder_dataset(tiny_dataset / "train")
+    first = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, cache_key="tiny", progress=False)
+    assert len(list(tmp_path.glob("*.pt"))) == 1 and not list(tmp_path.glob(".*.tmp"))
+    _raise_on_forward(tiny_cnn[0])
+    second = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, cache_key="tiny", progress=False)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_changed_file_list_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_dataset / "train", folder)
+    dataset = _folder_dataset(folder)
+    cache = tmp_path / "cache"
+    features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
+    handle = _raise_on_forward(tiny_cnn[0])
+    with pytest.raises(RuntimeError, match="the model ran"):  # a subset is a different file list
+        features.extract_features(tiny_cnn, Subset(dataset, [0, 1, 2]), cache_dir=cache, progress=False,
+                                  cache_key="tiny")
+    with pytest.raises(RuntimeError, match="the model ran"):  # another cache key (preprocessing)
+        features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="other", progress=False)
+    path = dataset.samples[0][0]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced
+    with pytest.raises(RuntimeError, match="the model ran"):
+        features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
+    handle.remove()
+    with torch.no_grad():
+        tiny_cnn[0].weight.add_(1.0)  # other backbone weights
+    handle = _raise_on_forward(tiny_cnn[0])
+    with pytest.raises(RuntimeError, match="the model ran"):
+        features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
+
+
+def test_cache_needs_a_file_list(tiny_cnn, tmp_path):
+    with pytest.raises(TypeError, match="cache_dir=None"):
+        features.extract_features(tiny_cnn, _images(), cache_dir=tmp_path, progress=False)
+
+
+def _blobs(n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centres = torch.eye(3, 8) * 4
+    return centres[labels] + torch.randn(n, 8, generator=generator), labels
+
+
+def test_train_head_learns_a_separable_problem():
+    (xt, yt), (xv, yv) = _blobs(90, 0), _blobs(30, 1)
+    state = torch.get_rng_state()
+    head, history = features.train_head(xt, yt, xv, yv, num_classes=3, epochs=20, lr=1e-2)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    assert isinstance(head, nn.Linear) and head.out_features == 3 and not head.training
+    assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+    assert len(history) == 20 and history[-1]["val_acc"] >= 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    again, _ = features.train_head(xt, yt, xv, yv, num_classes=3, epochs=20, lr=1e-2)
+    assert torch.equal(head.weight, again.weight)  # same seed, same head
+
+
+def test_train_head_two_layer_head_has_named_layers():
+    (xt, yt), (xv, yv) = _blobs(60, 0), _blobs(30, 1)
+    head, history = features.train_head(xt, yt, xv, yv, num_classes=3, epochs=15, hidden=16, lr=1e-2)
+    assert [name for name, _ in head.named_children()] == ["fc1", "relu", "dropout", "fc2"]
+    assert head.fc1.out_features == 16 and head(xv).shape == (30, 3)
+    assert history[-1]["val_acc"] >= 0.9
+
+
+def test_train_head_on_extracted_features(tiny_cnn):
+    feats, labels = features.extract_features(tiny_cnn, _images(), progress=False)
+    head, history = features.train_head(feats, labels, feats, labels, num_classes=3, epochs=2)
+    assert head(feats).shape == (6, 3) and len(history) == 2
+
+
+def test_train_head_rejects_bad_input():
+    (xt, yt), (xv, yv) = _blobs(30, 0), _blobs(12, 1)
+    with pytest.raises(ValueError, match="num_classes=2"):
+        features.train_head(xt, yt, xv, yv, num_classes=2)
+    with pytest.raises(ValueError, match="train 8, val 4"):
+        features.train_head(xt, yt, xv[:, :4], yv, num_classes=3)
+    with pytest.raises(ValueError, match=r"\(30, 8\) and \(29,\)"):
+        features.train_head(xt, yt[:-1], xv, yv, num_classes=3)

@@ -1,0 +1,174 @@
+"""Freezing, stages, BatchNorm in frozen parts, parameter counts and groups, partial state-dict loading."""
+import pytest
+import torch
+from torch import nn
+
+from course_utils import surgery, train
+
+
+def _trainable(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture
+def lite0():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=5)
+
+
+class _Blocks(nn.Module):
+    """Eleven blocks, so that "blocks.1" and "blocks.10" share a string prefix."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[nn.Linear(2, 2) for _ in range(11)])
+        self.head = nn.Linear(2, 3)
+
+
+def test_freeze_all_and_unfreeze_all(tiny_cnn):
+    surgery.freeze(tiny_cnn)
+    assert _trainable(tiny_cnn) == set()
+    surgery.unfreeze(tiny_cnn)
+    assert _trainable(tiny_cnn) == {n for n, _ in tiny_cnn.named_parameters()}
+
+
+def test_freeze_by_name_touches_only_that_module(tiny_cnn):
+    surgery.freeze(tiny_cnn, ["0", "1"])
+    assert _trainable(tiny_cnn) == {"3.weight", "3.bias", "4.weight", "4.bias", "8.weight", "8.bias"}
+    surgery.unfreeze(tiny_cnn, "1")  # a single name works too
+    assert "1.weight" in _trainable(tiny_cnn) and "0.weight" not in _trainable(tiny_cnn)
+
+
+def test_prefix_matches_whole_name_parts_only():
+    model = _Blocks()
+    surgery.freeze(model, ["blocks.1"])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"blocks.1.weight", "blocks.1.bias"}  # not blocks.10
+
+
+def test_unknown_name_lists_valid_names(tiny_cnn):
+    with pytest.raises(ValueError, match=r"'backbone'.*Valid names include 0, 1, 3, 4, 8"):
+        surgery.freeze(tiny_cnn, ["backbone"])
+    assert len(_trainable(tiny_cnn)) == len(list(tiny_cnn.parameters()))
+
+
+def test_stages_of_known_families(tiny_cnn, lite0):
+    import torchvision
+
+    assert surgery.stages(tiny_cnn) == ["0", "1", "3", "4", "8"]
+    assert surgery.stages(lite0) == ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(7)] + [
+        "conv_head", "bn2", "classifier"]
+    resnet = torchvision.models.resnet18(weights=None, num_classes=5)
+    assert surgery.stages(resnet) == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    mobilenet = torchvision.models.mobilenet_v3_small(weights=None, num_classes=5)
+    assert surgery.stages(mobilenet)[:2] == ["features.0", "features.1"]
+    assert surgery.stages(mobilenet)[-1] == "classifier"
+
+
+def test_freeze_up_to_by_name_and_index(lite0):
+    frozen = surgery.freeze_up_to(lite0, "blocks.3")
+    assert frozen == ["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    trainable = _trainable(lite0)
+    assert not any(n.startswith(("conv_stem.", "bn1.", "blocks.3.")) for n in trainable)
+    assert any(n.startswith("blocks.4.") for n in trainable) and "classifier.weight" in trainable
+    assert surgery.freeze_up_to(lite0, 1) == ["conv_stem", "bn1"]
+    assert any(n.startswith("blocks.3.") for n in _trainable(lite0))  # earlier freeze undone
+    assert surgery.freeze_up_to(lite0, -2)[-1] == "bn2"
+
+
+def test_freeze_up_to_rejects_unknown_stage(lite0):
+    with pytest.raises(ValueError, match=r"'blocks\.9'.*conv_stem, bn1, blocks\.0"):
+        surgery.freeze_up_to(lite0, "blocks.9")
+    with pytest.raises(ValueError, match="out of range"):
+        surgery.freeze_up_to(lite0, 12)
+
+
+def test_unfreeze_last(lite0):
+    assert surgery.unfreeze_last(lite0, 2) == ["bn2", "classifier"]
+    assert _trainable(lite0) == {"bn2.weight", "bn2.bias", "classifier.weight", "classifier.bias"}
+    assert surgery.unfreeze_last(lite0, 0) == [] and _trainable(lite0) == set()
+    with pytest.raises(ValueError, match="from 0 to 12"):
+        surgery.unfreeze_last(lite0, 13)
+
+
+def test_eval_frozen_batchnorm(tiny_cnn):
+    surgery.freeze(tiny_cnn, ["0", "1"])
+    tiny_cnn.train()
+    assert surgery.eval_frozen_batchnorm(tiny_cnn) == 1
+    assert not tiny_cnn[1].training and tiny_cnn[4].training and tiny_cnn[0].training
+
+
+def test_train_one_epoch_keeps_frozen_batchnorm_statistics(tiny_cnn):
+    surgery.freeze(tiny_cnn, ["0", "1"])
+    frozen_before, trained_before = tiny_cnn[1].running_mean.clone(), tiny_cnn[4].running_mean.clone()
+    images = torch.randn(8, 3, 16, 16) * 3 + 1
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(8) % 5), batch_size=4)
+    optimizer = torch.optim.SGD([p for p in tiny_cnn.parameters() if p.requires_grad], lr=0.1)
+    train.train_one_epoch(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), progress=False)
+    assert torch.equal(tiny_cnn[1].running_mean, frozen_before)
+    assert not torch.equal(tiny_cnn[4].running_mean, trained_before)  # the trainable BN still updates
+
+
+def test_count_parameters(tiny_cnn):
+    total = sum(p.numel() for p in tiny_cnn.parameters())
+    assert surgery.count_parameters(tiny_cnn) == {"total": total, "trainable": total, "frozen": 0}
+    surgery.freeze(tiny_cnn, ["8"])
+    assert surgery.count_parameters(tiny_cnn) == {"total": total, "trainable": total - 85, "frozen": 85}
+
+
+def test_parameter_groups(tiny_cnn):
+    surgery.freeze(tiny_cnn, ["0"])
+    groups = surgery.parameter_groups(tiny_cnn, head_lr=1e-2, backbone_lr=1e-4)
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-2), ("backbone", 1e-4)]
+    assert {id(p) for p in groups[0]["params"]} == {id(tiny_cnn[8].weight), id(tiny_cnn[8].bias)}
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert id(tiny_cnn[0].weight) not in in_groups and id(tiny_cnn[3].weight) in in_groups
+    torch.optim.AdamW(groups)  # accepted by an optimizer
+
+
+def test_parameter_groups_rejects_bad_input(tiny_cnn):
+    with pytest.raises(ValueError, match="head_lr.*0"):
+        surgery.parameter_groups(tiny_cnn, head_lr=0, backbone_lr=1e-4)
+    with pytest.raises(ValueError, match="backbone_lr.*-1"):
+        surgery.parameter_groups(tiny_cnn, head_lr=1e-3, backbone_lr=-1)
+    surgery.freeze(tiny_cnn)
+    with pytest.raises(ValueError, match="nothing to optimise"):
+        surgery.parameter_groups(tiny_cnn, head_lr=1e-3, backbone_lr=1e-4)
+
+
+def _changed_cnn():
+    """tiny_cnn with a 5x5 (instead of 3x3) second conv and a 3-class head."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 5, stride=2, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )
+
+
+def test_load_matching_state_dict_stops_at_first_mismatch(tiny_cnn):
+    source = dict(tiny_cnn.state_dict())
+    source["extra.weight"] = torch.zeros(2)
+    del source["1.num_batches_tracked"]
+    target = _changed_cnn()
+    untouched = target[3].bias.detach().clone()
+    report = surgery.load_matching_state_dict(target, source)
+    assert report.loaded == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    assert report.mismatched == ["3.weight", "8.weight", "8.bias"]
+    assert report.skipped[0] == "3.bias" and "4.running_mean" in report.skipped
+    assert report.unexpected == ["extra.weight"] and report.missing == ["1.num_batches_tracked"]
+    assert torch.equal(target[0].weight, tiny_cnn[0].weight)
+    assert torch.equal(target[3].bias, untouched)  # skipped: not loaded
+    assert "mismatched" in report.summary()
+
+
+def test_load_matching_state_dict_can_load_all_matching(tiny_cnn):
+    target = _changed_cnn()
+    report = surgery.load_matching_state_dict(target, tiny_cnn.state_dict(), stop_at_first_mismatch=False)
+    assert report.skipped == [] and "3.bias" in report.loaded
+    assert torch.equal(target[3].bias, tiny_cnn[3].bias)
+
+
+def test_load_matching_state_dict_rejects_unrelated_model(tiny_cnn):
+    with pytest.raises(ValueError, match="unrelated model"):
+        surgery.load_matching_state_dict(tiny_cnn, nn.Linear(3, 3).state_dict())
