@@ -130,3 +130,150 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_gradient_norms(
+    norms: dict[str, float | None], *, label: str | None = None, title: str = "Gradient norm per layer",
+    ylabel: str = "gradient L2 norm (log scale)", ax=None,
+):
+    """Gradient norm per layer: layers on the x axis (input side left), norms on a log y axis.
+
+    Layers whose gradient is ``None`` are drawn as grey crosses along the bottom edge. Call it again
+    with the same ``ax`` and another ``label`` to compare runs.
+
+    Args:
+        norms: ``{layer: norm or None}``, e.g. from :func:`gradient_norms`.
+        label: Legend entry of this series.
+        title: Axes title.
+        ylabel: Y axis label.
+        ax: Matplotlib axes (a new figure if None).
+
+    Returns:
+        The axes.
+
+    Raises:
+        ValueError: ``norms`` is empty.
+
+    Used in: 07_gradient_flow.ipynb
+    """
+    import matplotlib.pyplot as plt
+
+    if not norms:
+        raise ValueError("norms is empty: compute it with gradient_norms(model) after loss.backward().")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(norms)), 3.5))
+    names = list(norms)
+    xs = range(len(names))
+    values = [v if v is not None and v > 0 else float("nan") for v in norms.values()]
+    ax.plot(xs, values, marker="o", markersize=3, label=label)
+    missing = [i for i, v in enumerate(norms.values()) if v is None]
+    drawn = {tuple(line.get_xdata()) for line in ax.lines if line.get_gid() == "grad-none"}
+    if missing and tuple(missing) not in drawn:  # the same crosses are drawn (and listed) once
+        ax.plot(missing, [0.02] * len(missing), "x", color="grey", transform=ax.get_xaxis_transform(),
+                label="grad is None", gid="grad-none")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_xlabel("layer (input side → head)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if label or missing:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def _grid(count: int, ncols: int, axes, cell: float = 1.4):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if axes is None:
+        nrows = math.ceil(count / ncols)
+        _, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + 0.6), squeeze=False)
+    flat = list(np.asarray(axes).ravel())
+    if len(flat) < count:
+        raise ValueError(f"Got {len(flat)} axes for {count} panels; pass at least {count} axes or axes=None.")
+    return flat
+
+
+def plot_feature_maps(
+    activation: torch.Tensor, *, count: int = 16, ncols: int = 8, title: str = "Feature maps", axes=None,
+):
+    """The first ``count`` channels of one CHW activation, each as a grey image.
+
+    Args:
+        activation: ``(C, H, W)`` tensor, e.g. ``capture_activations(...)[name][0]``.
+        count: Channels to show (at most C).
+        ncols: Panels per row.
+        title: Figure title.
+        axes: At least ``count`` axes (a new figure if None).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: ``activation`` is not 3-dimensional.
+
+    Used in: 07_gradient_flow.ipynb
+    """
+    if activation.dim() != 3:
+        raise ValueError(f"plot_feature_maps expects one (C, H, W) activation, got shape "
+                         f"{tuple(activation.shape)}. For a batch, pass activation[0].")
+    count = min(count, activation.shape[0])
+    flat = _grid(count, ncols, axes)
+    maps = activation.detach().float().cpu()
+    for i, ax in enumerate(flat):
+        ax.axis("off")
+        if i < count:
+            ax.imshow(maps[i].numpy(), cmap="viridis")
+            ax.set_title(f"ch {i}", fontsize=7)
+    fig = flat[0].figure
+    fig.suptitle(f"{title} ({activation.shape[1]}x{activation.shape[2]} px per map)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_filters(
+    weight: torch.Tensor, *, count: int = 32, ncols: int = 8, titles: Sequence[str] | None = None,
+    title: str = "Filters", axes=None,
+):
+    """Convolution filters as small images: RGB when they have 3 input channels, grey otherwise.
+
+    Each filter is scaled to [0, 1] on its own, so the pattern (not its size) is what you see.
+
+    Args:
+        weight: ``(out_channels, in_channels, kH, kW)``, e.g. ``model.conv_stem.weight``.
+        count: Filters to show (at most out_channels).
+        ncols: Panels per row.
+        titles: One short title per shown filter.
+        title: Figure title.
+        axes: At least ``count`` axes (a new figure if None).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: ``weight`` is not 4-dimensional, or ``titles`` has the wrong length.
+
+    Used in: 07_gradient_flow.ipynb
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"plot_filters expects a conv weight (out, in, kH, kW), got shape "
+                         f"{tuple(weight.shape)}. Pass module.weight of an nn.Conv2d.")
+    count = min(count, weight.shape[0])
+    if titles is not None and len(titles) != count:
+        raise ValueError(f"Got {len(titles)} titles for {count} filters; pass one title per filter.")
+    flat = _grid(count, ncols, axes, cell=1.1)
+    filters = weight.detach().float().cpu()[:count]
+    low = filters.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    high = filters.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    filters = (filters - low) / (high - low).clamp_min(1e-12)
+    for i, ax in enumerate(flat):
+        ax.axis("off")
+        if i < count:
+            image = filters[i].permute(1, 2, 0) if filters.shape[1] == 3 else filters[i].mean(0)
+            ax.imshow(image.numpy(), cmap=None if filters.shape[1] == 3 else "gray", interpolation="nearest")
+            ax.set_title(titles[i] if titles else f"{i}", fontsize=7)
+    fig = flat[0].figure
+    fig.suptitle(f"{title} ({weight.shape[2]}x{weight.shape[3]} kernels)")
+    fig.tight_layout()
+    return fig
