@@ -1,6 +1,7 @@
 # Two commands for everyone (students, instructors and CI):
 #   make lab   - create .venv if missing, install course_utils with its dev extras, start JupyterLab
-#   make test  - the same set-up, then unit tests and every notebook executed with nbmake
+#   make test  - the same set-up, then unit tests, every notebook executed with nbmake, and every
+#                notebook's student version executed to prove its checks fail without the solutions
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,13 +24,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=0
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not student_notebooks"
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbmake --nbmake-timeout=600 --durations=0
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/time_to_accuracy.py
+
+student: $(STAMP)
+	$(BIN)/python -m course_utils.assignments validate
+	$(BIN)/python -m course_utils.assignments release --source notebooks --dest student
 
 clean:
 	rm -rf $(VENV) .pytest_cache
