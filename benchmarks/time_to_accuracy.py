@@ -127,9 +127,10 @@ def _first_reaching(history: list[dict], target: float, *, start_seconds: float)
 
 
 def _fmt(result: dict) -> str:
+    epochs = f"{result['epochs']} epoch" + ("" if result["epochs"] == 1 else "s")
     if not result["reached"]:
-        return f"not reached in {result['seconds']:.1f} s (best {result['acc']:.1%} in {result['epochs']} epochs)"
-    return f"{result['seconds']:.1f} s ({result['acc']:.1%} after {result['epochs']} epochs)"
+        return f"not reached in {result['seconds']:.1f} s (best {result['acc']:.1%} in {epochs})"
+    return f"{result['seconds']:.1f} s ({result['acc']:.1%} after {epochs})"
 
 
 def _speedup(tutorial: dict, ours: dict) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from course_utils.models import Preprocessing
 
@@ -77,14 +78,34 @@ def is_image_file(path: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def image_folder(folder: str | os.PathLike, transform=None) -> "torchvision.datasets.ImageFolder":  # noqa: F821
-    """A torchvision ``ImageFolder`` that skips non-image files and loads everything as RGB.
+class VisibleImageFolder(ImageFolder):
+    """``ImageFolder`` whose classes are the visible sub-folders only.
+
+    Hidden folders (``.ipynb_checkpoints`` that JupyterLab leaves behind, ``.git``) and the
+    ``__MACOSX`` folder of zip files made on a Mac are not classes.
+
+    Used in: 01_data_loading.ipynb (through :func:`image_folder`)
+    """
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(
+            entry.name for entry in os.scandir(directory)
+            if entry.is_dir() and not entry.name.startswith((".", "__MACOSX"))
+        )
+        if not classes:
+            raise FileNotFoundError(
+                f"No class folders in {directory}. Expected one sub-folder per class, "
+                "e.g. train/ants/*.jpg and train/bees/*.jpg."
+            )
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
+def image_folder(folder: str | os.PathLike, transform=None) -> ImageFolder:
+    """A torchvision ``ImageFolder`` that skips non-image files and hidden folders, and loads RGB.
 
     Used in: 01_data_loading.ipynb
     """
-    from torchvision.datasets import ImageFolder
-
-    return ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
+    return VisibleImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
 
 
 def find_splits(

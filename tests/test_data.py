@@ -89,6 +89,22 @@ def test_non_image_files_are_skipped(tmp_path):
     assert {Path(p).name for p, _ in dataset.samples} == {"0.png", "1.png"}
 
 
+def test_hidden_folders_are_not_classes(tmp_path):
+    _tree(tmp_path, 2)
+    for hidden in (".ipynb_checkpoints", "__MACOSX", ".git"):
+        (tmp_path / hidden).mkdir()
+    (tmp_path / "__MACOSX" / "._0.png").write_bytes(b"resource fork")
+    dataset = data.image_folder(tmp_path)
+    assert dataset.classes == sorted(CLASSES)
+    assert len(dataset) == 6
+
+
+def test_folder_without_class_folders_says_what_to_do(tmp_path):
+    (tmp_path / "0.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="one sub-folder per class"):
+        data.image_folder(tmp_path)
+
+
 @pytest.fixture
 def odd_modes(tmp_path) -> Path:
     """One class folder with a palette, a greyscale, an RGBA and a CMYK (JPEG) image."""
