@@ -84,24 +84,21 @@ def test_download_extracts_and_verifies(small, http_url, scheme):
     assert download.hymenoptera(root=root, url="file:///does/not/exist.zip") == folder
 
 
-def test_corrupt_download_leaves_nothing_behind(small):
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("val/bees/d.jpg", b"bee two, but changed", r"1 of 4 files .* \(first: val/bees/d.jpg\)"),
+        ("../../escaped.txt", b"outside", r"'hymenoptera_data/\.\./\.\./escaped\.txt'"),
+    ],
+    ids=["corrupt-file", "escapes-its-folder"],
+)
+def test_bad_archive_is_refused_and_leaves_nothing_behind(small, tmp_path, name, content, message):
     archive, root = small
     before = _listing(root)
     members = {f"hymenoptera_data/{k}": v for k, v in FILES.items()}
-    members["hymenoptera_data/val/bees/d.jpg"] = b"bee two, but changed"
+    members[f"hymenoptera_data/{name}"] = content
     _zip(archive, members)
-    with pytest.raises(ValueError, match=r"1 of 4 files .* \(first: val/bees/d.jpg\)"):
-        download.hymenoptera(root=root, url=archive.as_uri())
-    assert _listing(root) == before
-
-
-def test_archive_that_escapes_its_folder_is_refused(small, tmp_path):
-    archive, root = small
-    before = _listing(root)
-    members = {f"hymenoptera_data/{k}": v for k, v in FILES.items()}
-    members["hymenoptera_data/../../escaped.txt"] = b"outside"
-    _zip(archive, members)
-    with pytest.raises(ValueError, match=r"'hymenoptera_data/\.\./\.\./escaped\.txt'"):
+    with pytest.raises(ValueError, match=message):
         download.hymenoptera(root=root, url=archive.as_uri())
     assert _listing(root) == before
     assert not list(tmp_path.rglob("escaped.txt"))
