@@ -57,3 +57,12 @@ def test_setup_cell_does_not_need_course_utils():
     source = colab.setup_cell_source()
     assert not re.search(r"^\s*(import|from)\s+course_utils", source, re.MULTILINE)
     compile(source, "<setup cell>", "exec")
+
+
+def test_readme_course_map_links_every_notebook_to_colab():
+    root = PYPROJECT.parent
+    readme = (root / "README.md").read_text()
+    linked = re.findall(r"^\| \[([\w.]+\.ipynb)\]\(([^)]+)\)", readme, re.MULTILINE)
+    assert [name for name, _ in linked] == sorted(p.name for p in (root / "notebooks").glob("*.ipynb"))
+    for name, url in linked:
+        assert url == colab.colab_url(name), name
