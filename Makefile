@@ -30,7 +30,8 @@ notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbmake --nbmake-timeout=600 --durations=0
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/time_to_accuracy.py
+	$(BIN)/python benchmarks/time_to_accuracy.py --repeats 3
+	$(BIN)/python benchmarks/inference_throughput.py
 
 student: $(STAMP)
 	$(BIN)/python -m course_utils.assignments validate

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 TORCHVISION_BACKBONES = (
@@ -49,8 +48,8 @@ class WeightsUnavailableError(RuntimeError):
 def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
     """Build an ImageNet classifier and the preprocessing that matches its weights.
 
-    The model is returned in eval mode and in ``channels_last`` memory format, which on CPU ran
-    EfficientNet-Lite0 about 1.5x faster than the default layout (see benchmarks/).
+    The model is returned in eval mode and in ``channels_last`` memory format: on 2 CPU cores that ran
+    EfficientNet-Lite0 about 1.6x as fast as the default layout (benchmarks/inference_throughput.py).
 
     Args:
         name: One of ``BACKBONES``.
@@ -146,12 +145,8 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
 
 def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, Preprocessing]:
     import timm
-    from timm.layers import Conv2dSame
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    for module in model.modules():
-        if type(module) is Conv2dSame:
-            module.__class__ = _ChannelsLastConv2dSame
     if pretrained:
         model.load_state_dict(_lite0_state_dict(model))
     # TensorFlow-style preprocessing: bicubic resize to 224/0.875, centre crop 224, pixels to [-1, 1].
@@ -174,21 +169,6 @@ def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}.")
         renamed[dst_key] = tensor
     return renamed
-
-
-class _ChannelsLastConv2dSame(nn.Conv2d):
-    """timm's TensorFlow 'SAME' padding, keeping the channels_last layout that F.pad drops.
-
-    Same arithmetic as ``timm.layers.Conv2dSame``; on 2 CPU cores the whole model ran ~1.5x faster.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from timm.layers.padding import pad_same
-
-        x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def _torchvision_backbone(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:

@@ -52,7 +52,7 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # channels_last for image batches: on CPU it made convolutions ~1.5x faster (models.load_backbone).
+    # channels_last for image batches, matching models.load_backbone: ~1.6x faster on CPU (benchmarks/).
     fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
     return x.to(device, non_blocking=True, memory_format=fmt)
 

@@ -45,38 +45,6 @@ def test_pretrained_lite0_holds_the_packaged_tensors_in_order(lite0):
         assert torch.equal(actual, expected), f"{key} differs from the packaged {src_key}"
 
 
-def test_lite0_uses_the_channels_last_same_padding_conv(lite0):
-    from timm.layers import Conv2dSame
-
-    convs = [m for m in lite0[0].modules() if isinstance(m, nn.Conv2d)]
-    assert any(type(m) is models._ChannelsLastConv2dSame for m in convs)
-    assert not any(type(m) is Conv2dSame for m in convs), "every Conv2dSame should have been swapped"
-
-
-@pytest.mark.parametrize("kernel, stride, dilation, groups", [
-    (3, 2, 1, 1), (5, 2, 1, 4), (3, 1, 1, 4), (5, 1, 2, 1), (1, 2, 1, 1),
-])
-@pytest.mark.parametrize("height, width", [(15, 16), (17, 13)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_channels_last_same_conv_matches_timm(kernel, stride, dilation, groups, height, width, channels_last):
-    from timm.layers import Conv2dSame
-
-    torch.manual_seed(0)
-    reference = Conv2dSame(8, 12, kernel, stride=stride, dilation=dilation, groups=groups, bias=True)
-    ours = models._ChannelsLastConv2dSame(8, 12, kernel, stride=stride, padding=0, dilation=dilation,
-                                          groups=groups, bias=True)
-    ours.load_state_dict(reference.state_dict())
-    x = torch.randn(2, 8, height, width)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        expected, actual = reference(x), ours(x)
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
-    if channels_last:
-        assert actual.is_contiguous(memory_format=torch.channels_last)
-
-
 @pytest.mark.parametrize("name, head, in_features", [
     ("resnet18", "fc", 512),
     ("densenet121", "classifier", 1024),
