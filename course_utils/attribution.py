@@ -178,9 +178,7 @@ def overlay_attribution(
 
     Used in: 08_attribution_with_captum.ipynb
     """
-    import matplotlib.pyplot as plt
-
-    from course_utils.data import denormalize
+    from course_utils.plotting import show_image
 
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be one (3, H, W) tensor, got shape {tuple(image.shape)}.")
@@ -190,12 +188,6 @@ def overlay_attribution(
         raise ValueError(f"attribution is {tuple(heat.shape)} px but the image is {tuple(image.shape[1:])} px; "
                          "upsample it first (attribute(..., method='grad_cam') already does).")
     heat = (heat / torch.quantile(heat.flatten(), 0.99).clamp_min(1e-12)).clamp(0, 1)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(denormalize(image.detach().float().cpu(), mean, std).permute(1, 2, 0).numpy())
+    ax = show_image(image, mean=mean, std=std, title=title, ax=ax)
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=9)
     return ax

@@ -210,14 +210,21 @@ class CachedImages(Dataset):
         transform: Applied to the cached uint8 tensor on every access.
 
     Raises:
-        TypeError: ``dataset`` is neither an ``ImageFolder`` nor a ``Subset`` of one.
+        TypeError: ``dataset`` is neither an ``ImageFolder`` nor a ``Subset`` of one, or it is a
+            :class:`Transformed` (whose transform would be ignored).
         ValueError: An image cannot be read; the message names the file.
 
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:
-        self.samples = _samples_of(dataset)  # first: raises TypeError for unsupported datasets
+        if isinstance(dataset, Transformed):
+            raise TypeError("CachedImages applies its own transform: pass the dataset inside Transformed "
+                            "(its .dataset) and the transform as CachedImages(..., transform=...).")
+        try:
+            self.samples = image_files(dataset)
+        except TypeError as err:
+            raise TypeError(f"CachedImages needs an ImageFolder or a Subset of one. {err}") from None
         self.classes = dataset.classes if hasattr(dataset, "classes") else dataset.dataset.classes
         self.size, self.transform = size, transform
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -249,12 +256,25 @@ class CachedImages(Dataset):
         return (self.transform(image) if self.transform else image), self.targets[index]
 
 
-def _samples_of(dataset: Dataset) -> list[tuple[str, int]]:
-    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "samples"):
-        return [dataset.dataset.samples[i] for i in dataset.indices]
+def image_files(dataset: Dataset) -> list[tuple[str, int]]:
+    """``(path, label)`` of every item of a dataset built from image files, in order.
+
+    Follows ``Subset`` indices and wrappers that keep the original in ``.dataset`` (such as
+    :class:`Transformed`); reads ``.samples`` of an ``ImageFolder`` or :class:`CachedImages`.
+
+    Raises:
+        TypeError: The dataset does not come from image files (e.g. a ``TensorDataset``).
+
+    Used in: 05_feature_extraction.ipynb (through ``features.extract_features``)
+    """
+    if isinstance(dataset, Subset):
+        inner = image_files(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
     if hasattr(dataset, "samples"):
-        return list(dataset.samples)
+        return [(str(path), int(label)) for path, label in dataset.samples]
+    if hasattr(dataset, "dataset"):
+        return image_files(dataset.dataset)
     raise TypeError(
-        f"CachedImages needs an ImageFolder or a Subset of one, got {type(dataset).__name__}. "
-        "Build it with find_splits()."
+        f"A {type(dataset).__name__} does not list its image files (it has no .samples). "
+        "Build the dataset with find_splits() or image_folder()."
     )

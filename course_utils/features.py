@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from course_utils.data import image_files
+
 
 @contextmanager
 def head_removed(model: nn.Module) -> Iterator[nn.Module]:
@@ -39,23 +41,6 @@ def head_removed(model: nn.Module) -> Iterator[nn.Module]:
         model.set_submodule(name, head)
 
 
-def _dataset_files(dataset) -> list[tuple[str, int]]:
-    """(path, label) of every item, in order, from ``.samples``, a ``Subset`` or a wrapper's ``.dataset``."""
-    from torch.utils.data import Subset
-
-    if isinstance(dataset, Subset):
-        inner = _dataset_files(dataset.dataset)
-        return [inner[i] for i in dataset.indices]
-    if hasattr(dataset, "samples"):
-        return [(str(path), int(label)) for path, label in dataset.samples]
-    if hasattr(dataset, "dataset"):
-        return _dataset_files(dataset.dataset)
-    raise TypeError(
-        f"Cannot list the image files of a {type(dataset).__name__}, so its features cannot be cached "
-        "safely. Use an ImageFolder, CachedImages or a Subset of one, or pass cache_dir=None."
-    )
-
-
 def _fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for key, tensor in model.state_dict().items():
@@ -65,8 +50,13 @@ def _fingerprint(model: nn.Module) -> str:
 
 
 def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str) -> Path:
+    try:
+        listed = image_files(dataset)
+    except TypeError as err:
+        raise TypeError(f"{err} Without the file list its features cannot be cached safely; "
+                        "pass cache_dir=None to skip the cache.") from None
     files = []
-    for path, label in _dataset_files(dataset):
+    for path, label in listed:
         stat = os.stat(path)
         files.append([os.path.abspath(path), label, stat.st_size, stat.st_mtime_ns])
     with head_removed(model):
@@ -120,7 +110,7 @@ def extract_features(
         model: A classifier whose head :func:`models.get_head` finds.
         dataset: Yields ``(image_tensor, label)``, already transformed.
         batch_size: Images per forward pass.
-        cache_dir: Folder for the cache (under ``data_root() / "runs"``, never the dataset folder).
+        cache_dir: Folder for the cache, e.g. ``data.runs_root() / "features"`` (never the dataset folder).
             The file name hashes ``cache_key``, the backbone weights and the dataset's exact file list
             (paths, sizes, mtimes). ``None``: no cache.
         cache_key: What else the features depend on: backbone name and preprocessing.

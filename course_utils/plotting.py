@@ -69,9 +69,6 @@ def plot_image_grid(
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb
     """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     if not isinstance(images, torch.Tensor):
         images = torch.stack(list(images))  # a list of CHW tensors
     if images.dim() != 4 or images.shape[1] != 3:
@@ -81,12 +78,7 @@ def plot_image_grid(
         )
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(titles)} titles; pass one title per image.")
-    if axes is None:
-        nrows = math.ceil(len(images) / ncols)
-        _, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
-    flat = list(np.asarray(axes).ravel())
-    if len(flat) < len(images):
-        raise ValueError(f"Got {len(images)} images but only {len(flat)} axes; pass at least one axes per image.")
+    flat = _grid(len(images), ncols, axes, cell=2.6)
     for i, ax in enumerate(flat):
         if i < len(images):
             show_image(images[i], mean=mean, std=std, title=titles[i] if titles else None, ax=ax)
@@ -182,7 +174,8 @@ def plot_gradient_norms(
     return ax
 
 
-def _grid(count: int, ncols: int, axes, cell: float = 1.4):
+def _grid(count: int, ncols: int, axes, cell: float = 1.4) -> list:
+    """At least ``count`` axes, flattened: the given ``axes``, or a new figure of ``ncols`` columns."""
     import matplotlib.pyplot as plt
     import numpy as np
 

@@ -236,6 +236,19 @@ def test_cached_images_reject_other_datasets():
         data.CachedImages(Subset(dataset, [0, 1]), size=4)
 
 
+def test_cached_images_refuse_a_transformed_dataset(tiny_dataset):
+    val = data.image_folder(tiny_dataset / "val")
+    with pytest.raises(TypeError, match="its own transform"):
+        data.CachedImages(data.Transformed(val, v2.CenterCrop(8)), size=8)
+
+
+def test_image_files_follow_subsets_and_wrappers(tiny_dataset):
+    val = data.image_folder(tiny_dataset / "val")
+    wrapped = Subset(data.Transformed(val, v2.CenterCrop(8)), [3, 0])
+    assert data.image_files(wrapped) == [(val.samples[3][0], val.samples[3][1]), (val.samples[0][0], 0)]
+    assert data.image_files(data.CachedImages(val, size=8)) == [(p, int(c)) for p, c in val.samples]
+
+
 def test_runs_root_is_never_inside_the_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_DATA", str(tmp_path / "datasets"))
     monkeypatch.delenv("COURSE_RUNS", raising=False)

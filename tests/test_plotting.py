@@ -85,7 +85,7 @@ def test_plot_image_grid_rejects_a_single_image():
 
 def test_plot_image_grid_rejects_too_few_axes():
     _, axes = plt.subplots(1, 2)
-    with pytest.raises(ValueError, match="4 images but only 2 axes"):
+    with pytest.raises(ValueError, match="Got 2 axes for 4 panels"):
         plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, axes=axes)
 
 
