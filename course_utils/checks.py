@@ -43,7 +43,8 @@ def check_implemented(func: Callable, *args: Any, **kwargs: Any) -> Any:
 def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
     """Fail unless ``value == expected``, naming both.
 
-    Used in: 01_data_loading.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     check_answered(value, name)
     if value != expected:
@@ -53,7 +54,7 @@ def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
 def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "") -> None:
     """Fail unless ``tensor`` is a tensor of shape ``expected``.
 
-    Used in: 01_data_loading.ipynb, 05_feature_extraction.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     check_answered(tensor, name)
     if not isinstance(tensor, torch.Tensor):
@@ -67,7 +68,8 @@ def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "")
 def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hint: str = "") -> None:
     """Fail unless ``value`` equals ``expected`` within ``atol`` (numbers or tensors).
 
-    Used in: 02_data_augmentation.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
+        07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb
     """
     check_answered(value, name)
     actual, target = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
@@ -83,7 +85,7 @@ def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hin
 def check_head(model: Any, num_classes: int, name: str = "model") -> None:
     """Fail unless the model's last ``nn.Linear`` has ``num_classes`` outputs.
 
-    Used in: 04_model_surgery.ipynb
+    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     from course_utils.models import get_head
 
@@ -131,7 +133,7 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: instructors' own checks (no notebook uses it yet)
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:

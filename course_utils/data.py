@@ -59,7 +59,7 @@ def load_rgb(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
     Raises:
         ValueError: The file is truncated or not a readable image; the message names the file.
 
-    Used in: 01_data_loading.ipynb
+    Used in: 02_data_augmentation.ipynb; 01_data_loading.ipynb (through image_folder)
     """
     from PIL import Image
 
@@ -129,7 +129,7 @@ def find_splits(
         FileNotFoundError: ``folder`` does not exist.
         ValueError: ``val_fraction`` is not strictly between 0 and 1.
 
-    Used in: 01_data_loading.ipynb
+    Used in: every notebook
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -157,7 +157,9 @@ def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "
     crop. Both end with ``float32`` in [0, 1] and the backbone's normalisation. They accept PIL images
     and uint8 tensors.
 
-    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb
     """
     from torchvision.transforms import InterpolationMode, v2
 
@@ -174,7 +176,7 @@ def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "
 def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Undo ``Normalize`` for display: CHW or NCHW tensor back to [0, 1] pixels (clamped).
 
-    Used in: 01_data_loading.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 07_gradient_flow.ipynb; 08_attribution_with_captum.ipynb (through overlay_attribution)
     """
     shape = (-1, 1, 1)
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
@@ -214,7 +216,8 @@ class CachedImages(Dataset):
             :class:`Transformed` (whose transform would be ignored).
         ValueError: An image cannot be read; the message names the file.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:

@@ -31,7 +31,7 @@ def hymenoptera(root: str | Path | None = None, *, download: bool = True, url: s
         FileNotFoundError: The folder is missing and ``download`` is False, or files are missing.
         ValueError: Downloaded files do not match the checked-in SHA-256 manifest.
 
-    Used in: 01_data_loading.ipynb
+    Used in: every notebook
     """
     root = Path(root) if root is not None else data_root()
     folder = root / HYMENOPTERA_FOLDER
@@ -62,7 +62,7 @@ def download_and_extract(url: str, root: str | Path, *, folder_name: str, manife
         ValueError: The archive lacks ``folder_name``, escapes its folder, or fails verification.
         urllib.error.URLError: The download failed.
 
-    Used in: 01_data_loading.ipynb
+    Used in: every notebook, through download.hymenoptera()
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def head_removed(model: nn.Module) -> Iterator[nn.Module]:
     Inside the block the model returns its pooled penultimate features; the head is put back on exit,
     also when the block raises.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb (through extract_features)
     """
     from course_utils.models import get_head
 
@@ -123,7 +123,7 @@ def extract_features(
         ValueError: ``batch_size`` is not a positive integer, or the dataset is empty.
         TypeError: ``cache_dir`` is given but the dataset's files cannot be listed.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
@@ -163,7 +163,7 @@ def _check_features(train_features, train_labels, val_features, val_labels, num_
 def build_head(in_features: int, num_classes: int, *, hidden: int | None = None, dropout: float = 0.2) -> nn.Module:
     """A Linear head, or with ``hidden`` a two-layer head with named layers fc1, relu, dropout, fc2.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb (through train_head)
     """
     if hidden is None:
         return nn.Linear(in_features, num_classes)
@@ -214,7 +214,7 @@ def train_head(
     Raises:
         ValueError: Shapes do not fit, feature dims differ, or labels do not fit ``num_classes``.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb
     """
     _check_features(train_features, train_labels, val_features, val_labels, num_classes)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:

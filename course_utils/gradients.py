@@ -41,7 +41,7 @@ def gradient_norms(
     Raises:
         ValueError: A name in ``groups`` owns no parameter; the message lists the valid names.
 
-    Used in: 07_gradient_flow.ipynb
+    Used in: 07_gradient_flow.ipynb (through record_gradient_norms)
     """
     named = list(model.named_parameters())
     if groups is None:

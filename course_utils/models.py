@@ -31,7 +31,7 @@ class Preprocessing:
         std: Per-channel standard deviation the pixels are divided by.
         interpolation: ``"bilinear"`` or ``"bicubic"``.
 
-    Used in: 01_data_loading.ipynb, 03_out_of_the_box_inference.ipynb
+    Used in: every notebook (returned by load_backbone)
     """
 
     resize: int
@@ -62,7 +62,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
         ValueError: ``name`` is not a supported backbone.
         WeightsUnavailableError: torchvision weights are not cached and cannot be downloaded.
 
-    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: every notebook
     """
     if name == DEFAULT_BACKBONE:
         model, pre = _efficientnet_lite0(pretrained)
@@ -81,7 +81,7 @@ def imagenet_classes() -> list[str]:
 
     Offline: the list ships with torchvision's weight metadata, no download needed.
 
-    Used in: 03_out_of_the_box_inference.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
     """
     from torchvision.models import ResNet18_Weights
 
@@ -103,7 +103,7 @@ def get_head(model: nn.Module) -> tuple[str, nn.Linear]:
     Raises:
         ValueError: The model contains no ``nn.Linear``.
 
-    Used in: 04_model_surgery.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
     """
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -128,7 +128,9 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
     Raises:
         ValueError: ``num_classes`` is not an integer >= 2.
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(

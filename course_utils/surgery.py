@@ -33,7 +33,7 @@ def stages(model: nn.Module) -> list[str]:
     Returns:
         Dotted names; the last one holds the head.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     names = []
     for name, child in model.named_children():
@@ -82,7 +82,8 @@ def freeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
     Raises:
         ValueError: A name matches no parameter; the message lists valid names.
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb,
+        07_gradient_flow.ipynb
     """
     _set_requires_grad(model, modules, False)
 
@@ -97,7 +98,7 @@ def unfreeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
     Raises:
         ValueError: A name matches no parameter; the message lists valid names.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     _set_requires_grad(model, modules, True)
 
@@ -130,7 +131,7 @@ def freeze_up_to(model: nn.Module, stage: str | int) -> list[str]:
     Raises:
         ValueError: Unknown stage name or index out of range.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb
     """
     names, index = _stage_index(model, stage)
     unfreeze(model)
@@ -170,7 +171,7 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
     Returns:
         How many BatchNorm layers were put into eval mode.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     count = 0
     for module in model.modules():
@@ -213,7 +214,7 @@ def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) ->
     Raises:
         ValueError: A learning rate is not a positive number, or nothing is trainable.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     from course_utils.models import get_head
 

@@ -46,7 +46,7 @@ def select_device(preferred: str | None = None) -> torch.device:
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Share of rows whose highest logit is the target class.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 04_model_surgery.ipynb
     """
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
@@ -65,7 +65,7 @@ def train_one_epoch(
 
     Mixed precision is used when a ``scaler`` is given and the device is CUDA.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     from tqdm.auto import tqdm
 
@@ -100,7 +100,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean ``loss`` and ``acc`` over ``data_loader`` in eval mode, without gradients.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     from tqdm.auto import tqdm
 
@@ -130,7 +130,7 @@ def fit(
     Returns:
         The history: one dict per epoch.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
@@ -160,7 +160,7 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
 
     Only tensors are saved, so the file loads with ``torch.load(path, weights_only=True)``.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb; 06_fine_tuning.ipynb (through train.fit)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     Raises:
         FileNotFoundError: No file at ``path``.
 
-    Used in: 04_model_surgery.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
     """
     path = Path(path)
     if not path.is_file():
