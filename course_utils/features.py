@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from course_utils.data import image_files
+from course_utils.train import atomic_save
 
 
 @contextmanager
@@ -63,18 +63,6 @@ def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str
         weights = _fingerprint(model)
     blob = json.dumps({"key": cache_key, "weights": weights, "files": files}).encode()
     return Path(cache_dir) / f"features-{hashlib.sha256(blob).hexdigest()[:24]}.pt"
-
-
-def _save_atomically(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +126,7 @@ def extract_features(
             pass
     features, labels = _run_backbone(model, dataset, batch_size, progress)
     if path is not None:
-        _save_atomically({"features": features, "labels": labels}, path)
+        atomic_save({"features": features, "labels": labels}, path)
     return features, labels
 
 

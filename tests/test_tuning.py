@@ -1,0 +1,93 @@
+"""course_utils.tuning: the learning-rate range test, checked on a tiny model whose loss we understand."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from course_utils import plotting, tuning
+
+
+def _loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    points = torch.randn(60, 4, generator=generator) + nn.functional.one_hot(labels, 4).float() * 3
+    return DataLoader(TensorDataset(points, labels), batch_size=20)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_range_test_restores_weights_buffers_and_optimizer():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu", steps=30)
+    assert len(result["lr"]) == len(result["loss"]) == len(result["smoothed"]) >= 5
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} was not restored"
+    assert optimizer.param_groups[0]["lr"] == 0.05 and not optimizer.state
+    assert model.training  # mode restored too
+
+
+def test_rates_grow_exponentially_and_the_test_stops_when_the_loss_explodes():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu",
+                                  start_lr=1e-4, end_lr=1e4, steps=60)
+    ratios = [b / a for a, b in zip(result["lr"], result["lr"][1:])]
+    assert ratios == pytest.approx([(1e8) ** (1 / 59)] * len(ratios))
+    assert len(result["lr"]) < 60, "a rate of 1e4 must blow the loss up before the last step"
+    assert min(result["smoothed"]) < result["smoothed"][0]  # some rate made the loss fall
+    assert 1e-4 <= result["steepest_lr"] <= result["lr"][-1]
+    assert result["min_loss_lr"] == result["lr"][result["smoothed"].index(min(result["smoothed"]))]
+
+
+def test_group_ratios_are_kept():
+    model = _model()
+    optimizer = torch.optim.SGD([{"params": model[3].parameters(), "lr": 1e-2},
+                                 {"params": list(model[0].parameters()) + list(model[1].parameters()), "lr": 1e-3}])
+    seen = []
+    original_step = optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        return original_step(*args, **kwargs)
+
+    optimizer.step = spy
+    tuning.lr_range_test(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu", start_lr=1e-5, end_lr=1e-3,
+                         steps=10)
+    assert all(small / large == pytest.approx(0.1) for large, small in seen)
+    assert seen[0][0] == pytest.approx(1e-5) and seen[-1][0] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"start_lr": 0}, "start_lr"), ({"start_lr": 1.0, "end_lr": 0.1}, "larger"), ({"steps": 3}, "steps"),
+])
+def test_bad_arguments(kwargs, match):
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                             _loader(), "cpu", **kwargs)
+
+
+def test_empty_loader_is_refused_and_nothing_changes():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="empty"):
+        tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), [], "cpu")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_plot_lr_range_draws_log_axis_and_suggestions():
+    import matplotlib
+    matplotlib.use("Agg")
+    model = _model()
+    result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                  _loader(), "cpu", steps=20)
+    ax = plotting.plot_lr_range(result)
+    assert ax.get_xscale() == "log" and ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == 4
+    with pytest.raises(ValueError, match="no steps"):
+        plotting.plot_lr_range({"lr": []})
