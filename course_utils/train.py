@@ -115,6 +115,36 @@ def evaluate(
     return {"loss": total_loss / seen, "acc": correct / seen}
 
 
+@torch.inference_mode()
+def predict(
+    model: nn.Module, data_loader, device: torch.device | str = "cpu", *, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every batch of ``data_loader``, in order, computed in eval mode.
+
+    What per-image questions need (which images are wrong, how confident, a bootstrap interval):
+    ``correct = logits.argmax(1) == labels``.
+
+    Returns:
+        ``(logits, labels)``: ``(N, classes)`` float32 and ``(N,)`` int64 tensors on the CPU.
+
+    Raises:
+        ValueError: ``data_loader`` yields no batch.
+
+    Used in: 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    model.eval()
+    logits, labels = [], []
+    for images, targets in tqdm(data_loader, desc="predict", leave=False, disable=not progress):
+        logits.append(model(_to_device(images, device)).float().cpu())
+        labels.append(torch.as_tensor(targets).cpu())
+    if not logits:
+        raise ValueError("data_loader yielded no batch: check that the dataset is not empty.")
+    return torch.cat(logits).clone(), torch.cat(labels).long().clone()
+
+
 def fit(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader,
     device: torch.device, *, epochs: int, scheduler=None, amp: bool = False,

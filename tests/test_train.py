@@ -196,3 +196,16 @@ def test_failed_save_keeps_the_previous_checkpoint(tiny_cnn, tmp_path, monkeypat
 def test_load_checkpoint_missing_file(tiny_cnn, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         train.load_checkpoint(tiny_cnn, tmp_path / "missing.pt")
+
+
+def test_predict_returns_every_logit_in_order_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5), nn.Dropout(0.5)).train()
+    dataset = _images(23, seed=3)
+    logits, labels = train.predict(model, DataLoader(dataset, batch_size=4), CPU)
+    assert logits.shape == (23, 5) and labels.tolist() == dataset.tensors[1].tolist()
+    assert not model.training and not logits.is_inference()  # usable in later autograd code
+    with torch.no_grad():
+        assert torch.allclose(logits, model(dataset.tensors[0]), atol=1e-6)  # dropout off: eval mode
+    with pytest.raises(ValueError, match="no batch"):
+        train.predict(model, [], CPU)
