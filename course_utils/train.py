@@ -115,7 +115,6 @@ def evaluate(
     return {"loss": total_loss / seen, "acc": correct / seen}
 
 
-@torch.inference_mode()
 def predict(
     model: nn.Module, data_loader, device: torch.device | str = "cpu", *, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,11 +136,13 @@ def predict(
     device = torch.device(device)
     model.eval()
     logits, labels = [], []
-    for images, targets in tqdm(data_loader, desc="predict", leave=False, disable=not progress):
-        logits.append(model(_to_device(images, device)).float().cpu())
-        labels.append(torch.as_tensor(targets).cpu())
+    with torch.inference_mode():
+        for images, targets in tqdm(data_loader, desc="predict", leave=False, disable=not progress):
+            logits.append(model(_to_device(images, device)).float().cpu())
+            labels.append(torch.as_tensor(targets).cpu())
     if not logits:
         raise ValueError("data_loader yielded no batch: check that the dataset is not empty.")
+    # Outside inference mode: the clones are ordinary tensors that later autograd code can use.
     return torch.cat(logits).clone(), torch.cat(labels).long().clone()
 
 
