@@ -12,6 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
+VIEW_TAG = f'<script type="{WIDGET}">'  # how an HTML export embeds a widget output
 
 SETUP = """\
 import torch
@@ -117,6 +118,18 @@ def test_finished_bars_leave_empty_text(executed):
     nb, _ = executed
     texts = [o.data.get("text/plain") for o in nb.cells[1].outputs if o.output_type == "display_data"]
     assert texts == [""] * 4
+
+
+def test_html_export_like_nbgrader_feedback_has_no_widget_views(executed):
+    from nbconvert import HTMLExporter
+
+    nb, _ = executed
+    without_control = nbformat.from_dict(nb)
+    without_control.cells = without_control.cells[:-1]
+    html, _ = HTMLExporter().from_notebook_node(without_control)
+    assert VIEW_TAG not in html and "train True" in html
+    control_html, _ = HTMLExporter().from_notebook_node(nb)
+    assert VIEW_TAG in control_html, "the control cell's widget should show up (else the check is vacuous)"
 
 
 def test_outside_a_notebook_it_is_the_terminal_bar(capsys):
