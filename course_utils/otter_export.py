@@ -138,7 +138,7 @@ def _first_lines(tree: ast.AST) -> tuple[dict[str, int], dict[str, int]]:
     return stored, loaded
 
 
-def test_function(source: str, *, name: str, where: str) -> str:
+def otter_test_source(source: str, *, name: str, where: str) -> str:
     """``def test_<name>(<notebook variables>): <check code>``, the exception-based otter test of a check.
 
     Raises:
@@ -182,10 +182,10 @@ def _questions(nb: Any, *, name: str) -> list[tuple[int, list[int], int]]:
 
 def _test_cells(check: Any, *, question: str, where: str) -> list[Any]:
     public = assignments.clear_source(check.source, where=where)
-    cells = [_code(test_function(public, name=question, where=where))]
+    cells = [_code(otter_test_source(public, name=question, where=where))]
     full = _without_markers(check.source, where=where)
     if full != public:
-        cells.append(_code("# HIDDEN\n" + test_function(full, name=f"{question}_hidden", where=where)))
+        cells.append(_code("# HIDDEN\n" + otter_test_source(full, name=f"{question}_hidden", where=where)))
     return cells
 
 
@@ -237,7 +237,7 @@ def otter_problems(nb: Any, *, name: str) -> list[str]:
             bound = _names_bound(cell.source)
             read = set(_notebook_names(cell.source, where=where))
         except (SyntaxError, ValueError):
-            continue  # magics: not a check; test_function reports checks that do not parse
+            continue  # magics: not a check; otter_test_source reports checks that do not parse
         if _nbgrader(cell).get("grade"):
             from_checks.update(dict.fromkeys(bound - set(from_checks), where))
             continue

@@ -78,7 +78,7 @@ def test_otter_prompt_keeps_the_indentation_of_a_function_body():
     ("sum = 5\nprint(sum)", ""),
 ])
 def test_otter_test_functions_receive_the_notebook_variables_they_read(check, parameters):
-    text = otter_export.test_function(check, name="q1", where="cell")
+    text = otter_export.otter_test_source(check, name="q1", where="cell")
     assert text.split("\n")[0] == f"def test_q1({parameters}):"
 
 
@@ -90,7 +90,7 @@ def test_otter_test_functions_receive_the_notebook_variables_they_read(check, pa
 ])
 def test_otter_refuses_checks_that_cannot_become_test_functions(check, message):
     with pytest.raises(ValueError, match=message):
-        otter_export.test_function(check, name="q1", where="01.ipynb cell 4")
+        otter_export.otter_test_source(check, name="q1", where="01.ipynb cell 4")
 
 
 def test_otter_refuses_what_would_break_or_leak():
