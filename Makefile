@@ -1,11 +1,16 @@
-# Two commands for everyone (students, instructors and CI):
-#   make lab   - create .venv if missing, install course_utils with its dev extras, start JupyterLab
-#   make test  - the same set-up, then unit tests, every notebook executed with nbmake, and every
-#                notebook's student version executed to prove its checks fail without the solutions
+# Two commands:
+#   make lab   - students: create .venv if missing, install course_utils with the `lab` extras (JupyterLab,
+#                no grader tools), start JupyterLab (also when run as root, e.g. in Docker)
+#   make test  - CI and contributors: install the `dev` extras (test tools, nbgrader, otter-grader), then unit
+#                tests, every notebook executed with nbmake, every notebook's student version executed to
+#                prove its checks fail without the solutions, and notebook 01 through the real graders
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.installed-lab
+# Jupyter refuses to start as root unless told so (Docker images, many cloud notebooks run as root).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: lab test unit notebooks benchmark student clean
 
@@ -17,8 +22,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+$(LAB_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[lab]"
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=0

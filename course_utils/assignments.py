@@ -5,14 +5,17 @@ version per notebook: every region between ``# BEGIN SOLUTION`` and ``# END SOLU
 becomes ``# YOUR CODE HERE`` / ``raise NotImplementedError()`` at the indentation of the BEGIN line, every
 region between ``# BEGIN HIDDEN TESTS`` and ``# END HIDDEN TESTS`` is removed, outputs are cleared, and
 everything else is left byte for byte as it was. ``python -m course_utils.assignments validate`` checks the
-exercise metadata that nbgrader needs.
+exercise metadata that nbgrader needs. ``... nbgrader`` lays out an nbgrader course folder
+(:mod:`course_utils.nbgrader_course`) and ``... otter`` writes Otter Assign master notebooks
+(:mod:`course_utils.otter_export`), both generated from the same notebooks.
 
 A marker is a line holding only ``# BEGIN SOLUTION`` (and so on) after optional indentation, with a single
 ``#`` (otter-grader's rule). nbgrader treats any line that merely *contains* ``BEGIN SOLUTION`` as a marker,
 so a line that nbgrader would read as a marker but that is not one of ours is an error here, never
 silently kept: a solution must not leak into the student version.
 
-nbformat is imported inside the functions that read or write notebooks (it comes with the dev extras).
+nbformat is imported inside the functions that read or write notebooks (JupyterLab and the instructor extras
+bring it).
 """
 from __future__ import annotations
 
@@ -32,8 +35,14 @@ ANSWER_METADATA = {"grade": False, "locked": False, "schema_version": 3, "soluti
 CHECK_METADATA = {"grade": True, "locked": True, "schema_version": 3, "solution": False, "task": False}
 
 
-def _marker(line: str, *, where: str, number: int) -> tuple[str, str, str] | None:
-    """``(indent, "BEGIN" | "END", region)`` for a marker line, None for any other line."""
+def parse_marker(line: str, *, where: str, number: int) -> tuple[str, str, str] | None:
+    """``(indent, "BEGIN" | "END", region)`` for a marker line, None for any other line.
+
+    Raises:
+        ValueError: A line that nbgrader would read as a marker but that is not exactly one of ours.
+
+    Used in: every notebook's exercises (through ``release`` and the nbgrader / otter exports)
+    """
     match = _MARKER.fullmatch(line)
     if match:
         return match["indent"], match["kind"], match["region"]
@@ -52,7 +61,7 @@ def _transform(source: str, *, where: str) -> tuple[str, Counter]:
     found: Counter = Counter()
     region, opened_at = None, 0
     for number, line in enumerate(source.split("\n"), start=1):
-        marker = _marker(line, where=where, number=number)
+        marker = parse_marker(line, where=where, number=number)
         if marker is None:
             if region is None:
                 kept.append(line)
@@ -248,18 +257,32 @@ def _marker_problems(nb: Any, name: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``release`` writes the student versions, ``validate`` checks the exercise cells."""
+    """Command line: ``release`` (student versions), ``validate`` (exercise cells), ``nbgrader`` (a course
+    folder for nbgrader) and ``otter`` (Otter Assign master notebooks)."""
+    from course_utils import nbgrader_course, otter_export
+
     parser = argparse.ArgumentParser(prog="python -m course_utils.assignments", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     release_cmd = commands.add_parser("release", help="write student versions of all notebooks")
-    release_cmd.add_argument("--source", default="notebooks", help="folder of instructor notebooks")
     release_cmd.add_argument("--dest", default="student", help="folder for the student versions")
     validate_cmd = commands.add_parser("validate", help="check the exercise cells of all notebooks")
-    validate_cmd.add_argument("--source", default="notebooks", help="folder of instructor notebooks")
+    nbgrader_cmd = commands.add_parser("nbgrader", help="lay out an nbgrader course folder: config + source/")
+    nbgrader_cmd.add_argument("--course", default="nbgrader_course", help="the nbgrader course folder")
+    nbgrader_cmd.add_argument("names", nargs="*", help="notebooks to include (default: all), e.g. 01_data_loading")
+    otter_cmd = commands.add_parser("otter", help="write Otter Assign master notebooks for otter-grader 7")
+    otter_cmd.add_argument("--dest", default="otter", help="folder for the otter master notebooks")
+    for command in (release_cmd, validate_cmd, nbgrader_cmd, otter_cmd):
+        command.add_argument("--source", default="notebooks", help="folder of instructor notebooks")
     args = parser.parse_args(argv)
     try:
         if args.command == "release":
             release(source=args.source, dest=args.dest)
+            return 0
+        if args.command == "nbgrader":
+            nbgrader_course.layout(course=args.course, source=args.source, names=args.names)
+            return 0
+        if args.command == "otter":
+            otter_export.export(source=args.source, dest=args.dest)
             return 0
         problems = [problem for path in _notebooks(Path(args.source)) for problem in validate(path)]
     except ValueError as error:

@@ -67,7 +67,8 @@ def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str
 
 def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from course_utils.progress import progress_bar
 
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -75,7 +76,7 @@ def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool) ->
     model.eval()
     try:
         with head_removed(model), torch.inference_mode():
-            for images, targets in tqdm(loader, desc="features", leave=False, disable=not progress):
+            for images, targets in progress_bar(loader, desc="features", disable=not progress):
                 images = images.to(device, memory_format=torch.channels_last)
                 chunks.append(model(images).flatten(1).float().cpu())
                 labels.append(torch.as_tensor(targets).cpu())

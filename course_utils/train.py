@@ -67,15 +67,14 @@ def train_one_epoch(
 
     Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
-    from tqdm.auto import tqdm
-
+    from course_utils.progress import progress_bar
     from course_utils.surgery import eval_frozen_batchnorm
 
     model.train()
     eval_frozen_batchnorm(model)  # frozen BatchNorms keep their running statistics
     amp = scaler is not None and device.type == "cuda"
     total_loss = correct = seen = 0
-    for images, targets in tqdm(data_loader, desc="train", leave=False, disable=not progress):
+    for images, targets in progress_bar(data_loader, desc="train", disable=not progress):
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             logits = model(images)
@@ -102,11 +101,11 @@ def evaluate(
 
     Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
-    from tqdm.auto import tqdm
+    from course_utils.progress import progress_bar
 
     model.eval()
     total_loss = correct = seen = 0
-    for images, targets in tqdm(data_loader, desc="eval", leave=False, disable=not progress):
+    for images, targets in progress_bar(data_loader, desc="eval", disable=not progress):
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
         logits = model(images)
         total_loss += criterion(logits, targets).item() * len(targets)
@@ -131,13 +130,13 @@ def predict(
 
     Used in: 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
     """
-    from tqdm.auto import tqdm
+    from course_utils.progress import progress_bar
 
     device = torch.device(device)
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
-        for images, targets in tqdm(data_loader, desc="predict", leave=False, disable=not progress):
+        for images, targets in progress_bar(data_loader, desc="predict", disable=not progress):
             logits.append(model(_to_device(images, device)).float().cpu())
             labels.append(torch.as_tensor(targets).cpu())
     if not logits:
