@@ -24,21 +24,24 @@ from course_utils.train import atomic_save
 
 @contextmanager
 def head_removed(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily swap the model's head (:func:`models.get_head`) for ``nn.Identity``.
+    """Temporarily swap the model's heads (:func:`models.find_heads`) for ``nn.Identity``.
 
-    Inside the block the model returns its pooled penultimate features; the head is put back on exit,
-    also when the block raises.
+    Inside the block the model returns its pooled penultimate features (a distilled DeiT: the mean of
+    its two tokens' features, as timm's ``forward_head(pre_logits=True)``); the heads are put back on
+    exit, also when the block raises.
 
     Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb (through extract_features)
     """
-    from course_utils.models import get_head
+    from course_utils.models import find_heads, set_submodule
 
-    name, head = get_head(model)
-    model.set_submodule(name, nn.Identity())
+    heads = find_heads(model)
     try:
+        for name, _ in heads:
+            set_submodule(model, name, nn.Identity())
         yield model
     finally:
-        model.set_submodule(name, head)
+        for name, head in heads:
+            set_submodule(model, name, head)
 
 
 def _fingerprint(model: nn.Module) -> str:
