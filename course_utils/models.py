@@ -289,9 +289,8 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
             model.reset_classifier(num_classes)
         fresh = [head for _, head in find_heads(model)]
         new = fresh[0]
-    if not reference.is_meta:  # a model on the meta device keeps a meta head
-        for head in fresh:
-            _fresh(head, device=reference.device, dtype=reference.dtype, generator=generator)
+    for head in fresh:
+        _fresh(head, device=reference.device, dtype=reference.dtype, generator=generator)
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
     return new
