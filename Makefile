@@ -3,6 +3,9 @@
 #   make test  - the same set-up, then unit tests, every notebook executed with nbmake, and every
 #                notebook's student version executed to prove its checks fail without the solutions
 PYTHON ?= python3
+ifeq ($(OS),Windows_NT)
+$(error This Makefile needs a POSIX shell and .venv/bin; on Windows run its steps by hand, see README.md, Troubleshooting, "Windows")
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
