@@ -101,7 +101,7 @@ def test_get_head_needs_an_example_when_no_probe_fits():
 
 def test_distilled_deit_has_two_heads_and_replace_head_resets_both():
     timm = pytest.importorskip("timm")
-    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32).eval()
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=1).eval()
     assert [name for name, _ in models.find_heads(model)] == ["head", "head_dist"]
     assert models.get_head(model)[0] == "head"
     new = models.replace_head(model, 3, seed=0)
@@ -111,7 +111,7 @@ def test_distilled_deit_has_two_heads_and_replace_head_resets_both():
 
 def test_timm_vit_head_and_a_headless_timm_model():
     timm = pytest.importorskip("timm")
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=0)
     with pytest.raises(ValueError, match="no classification head"):
         models.get_head(model)
     new = models.replace_head(model, 5, seed=1)

@@ -263,7 +263,7 @@ def test_load_matching_state_dict_wants_a_state_dict(tiny_cnn, tmp_path):
 
 def test_stages_start_with_the_parameters_the_model_owns():
     timm = pytest.importorskip("timm")
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=5)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=5)
     assert surgery.stages(vit)[:4] == ["cls_token", "pos_embed", "patch_embed", "blocks.0"]
     surgery.freeze_up_to(vit, "patch_embed")
     assert not vit.pos_embed.requires_grad and not vit.cls_token.requires_grad
@@ -292,7 +292,7 @@ def test_parameter_groups_match_whole_names():
 
 def test_parameter_groups_of_a_distilled_deit_put_both_heads_in_the_head_group():
     timm = pytest.importorskip("timm")
-    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, num_classes=3)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=3)
     head = surgery.parameter_groups(model, head_lr=1e-2, backbone_lr=1e-4)[0]
     expected = [model.head.weight, model.head.bias, model.head_dist.weight, model.head_dist.bias]
     assert {id(p) for p in head["params"]} == {id(p) for p in expected}
