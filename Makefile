@@ -5,6 +5,9 @@
 #                tests, every notebook executed with nbmake, every notebook's student version executed to
 #                prove its checks fail without the solutions, and notebook 01 through the real graders
 PYTHON ?= python3
+ifeq ($(OS),Windows_NT)
+$(error This Makefile needs a POSIX shell and .venv/bin; on Windows run its steps by hand, see README.md, Troubleshooting, "Windows")
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -1,7 +1,9 @@
-"""Image folders, train/val splits, transforms that match a backbone, and an in-memory image cache.
+"""Where data lives, transforms that match a backbone, and an in-memory image cache.
 
 Unreadable images raise an error that names the file (they are never skipped silently), and files
-that are not images (``.DS_Store``, ``notes.txt``) are ignored.
+that are not images (``.DS_Store``, ``notes.txt``) are ignored. Reading folders and their splits lives in
+:mod:`course_utils.folders`, decoding images in :mod:`course_utils.images`; both are importable from here
+too (``data.find_splits``, ``data.image_folder``, ``data.load_rgb``).
 """
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets import ImageFolder
 
+from course_utils.folders import (  # noqa: F401 - the notebooks' import path
+    SPLIT_FOLDER_NAMES, VAL_FOLDER_NAMES, VisibleImageFolder, find_splits, image_folder, stratified_split,
+)
+from course_utils.images import IMAGE_EXTENSIONS, is_image_file, load_rgb, to_rgb  # noqa: F401
 from course_utils.models import Preprocessing
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-VAL_FOLDER_NAMES = ("val", "valid", "test")
 
 
 def data_root() -> Path:
@@ -51,103 +53,6 @@ def runs_root() -> Path:
         return checkout / "runs"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "course_utils" / "runs"
-
-
-def load_rgb(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
-    """Open any image as 3-channel RGB (palette, grey, RGBA and CMYK are converted).
-
-    Raises:
-        ValueError: The file is truncated or not a readable image; the message names the file.
-
-    Used in: 02_data_augmentation.ipynb; 01_data_loading.ipynb (through image_folder)
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(
-            f"Cannot read image {path}: {err}. Delete or replace this file and run again."
-        ) from None
-
-
-def is_image_file(path: str) -> bool:
-    """True for files with an image extension that are not hidden (skips ``.DS_Store``, ``._x.jpg``)."""
-    name = os.path.basename(path)
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-class VisibleImageFolder(ImageFolder):
-    """``ImageFolder`` whose classes are the visible sub-folders only.
-
-    Hidden folders (``.ipynb_checkpoints`` that JupyterLab leaves behind, ``.git``) and the
-    ``__MACOSX`` folder of zip files made on a Mac are not classes.
-
-    Used in: 01_data_loading.ipynb (through :func:`image_folder`)
-    """
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(
-            entry.name for entry in os.scandir(directory)
-            if entry.is_dir() and not entry.name.startswith((".", "__MACOSX"))
-        )
-        if not classes:
-            raise FileNotFoundError(
-                f"No class folders in {directory}. Expected one sub-folder per class, "
-                "e.g. train/ants/*.jpg and train/bees/*.jpg."
-            )
-        return classes, {name: index for index, name in enumerate(classes)}
-
-
-def image_folder(folder: str | os.PathLike, transform=None) -> ImageFolder:
-    """A torchvision ``ImageFolder`` that skips non-image files and hidden folders, and loads RGB.
-
-    Used in: 01_data_loading.ipynb
-    """
-    return VisibleImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
-
-
-def find_splits(
-    folder: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0
-) -> dict[str, Dataset]:
-    """Train and validation datasets from a folder, whatever its layout.
-
-    Accepts ``train/`` beside ``val/``, ``valid/`` or ``test/``; otherwise the folder holds class
-    folders directly and is split by a seeded random ``val_fraction``. The datasets return PIL images;
-    give them transforms with :class:`Transformed` or :class:`CachedImages`.
-
-    Args:
-        folder: Dataset folder.
-        val_fraction: Share of images held out when there is no validation folder.
-        seed: Seed of that split.
-
-    Returns:
-        ``{"train": dataset, "val": dataset}``; both have ``.classes``.
-
-    Raises:
-        FileNotFoundError: ``folder`` does not exist.
-        ValueError: ``val_fraction`` is not strictly between 0 and 1.
-
-    Used in: every notebook
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"No dataset folder at {folder}. Check the path, or call hymenoptera() to fetch the course data."
-        )
-    for val_name in VAL_FOLDER_NAMES:
-        if (folder / "train").is_dir() and (folder / val_name).is_dir():
-            return {"train": image_folder(folder / "train"), "val": image_folder(folder / val_name)}
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}.")
-    full = image_folder(folder)
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, round(len(full) * val_fraction))
-    splits = {"train": Subset(full, sorted(order[n_val:])), "val": Subset(full, sorted(order[:n_val]))}
-    for subset in splits.values():
-        subset.classes = full.classes
-    return splits
 
 
 def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "torch.nn.Module"]:
@@ -238,12 +143,7 @@ class CachedImages(Dataset):
         from PIL import Image
         from torchvision.transforms.v2.functional import pil_to_tensor
 
-        try:
-            with Image.open(path) as image:
-                image.draft("RGB", (self.size, self.size))
-                image = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"Cannot read image {path}: {err}. Delete or replace this file.") from None
+        image = load_rgb(path, draft_size=self.size)
         # Same output size as torchvision's Resize(size) (longer side truncated), so that the Resize in
         # the transform is then a no-op and cached images match uncached ones.
         short, long = sorted(image.size)

@@ -1,8 +1,9 @@
 """Feature extraction: run a frozen backbone once, cache its pooled features, train a head on them.
 
-The cache file's name is a hash of what the features depend on: the caller's ``cache_key`` (backbone
-and preprocessing), the backbone's weights and the exact list of image files (path, size, mtime), so
-a changed dataset or model never gets stale features.
+The cache file's name is a hash of everything the features depend on: the backbone's weights, the exact
+list of image files (path, size, mtime), the dataset's transforms (their ``repr``, e.g. ``Normalize``'s
+mean and std) and the caller's optional ``cache_key``, so a changed dataset, model or preprocessing never
+gets stale features.
 """
 from __future__ import annotations
 
@@ -24,21 +25,24 @@ from course_utils.train import atomic_save
 
 @contextmanager
 def head_removed(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily swap the model's head (:func:`models.get_head`) for ``nn.Identity``.
+    """Temporarily swap the model's heads (:func:`models.find_heads`) for ``nn.Identity``.
 
-    Inside the block the model returns its pooled penultimate features; the head is put back on exit,
-    also when the block raises.
+    Inside the block the model returns its pooled penultimate features (a distilled DeiT: the mean of
+    its two tokens' features, as timm's ``forward_head(pre_logits=True)``); the heads are put back on
+    exit, also when the block raises.
 
     Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb (through extract_features)
     """
-    from course_utils.models import get_head
+    from course_utils.models import find_heads, set_submodule
 
-    name, head = get_head(model)
-    model.set_submodule(name, nn.Identity())
+    heads = find_heads(model)
     try:
+        for name, _ in heads:
+            set_submodule(model, name, nn.Identity())
         yield model
     finally:
-        model.set_submodule(name, head)
+        for name, head in heads:
+            set_submodule(model, name, head)
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -47,6 +51,31 @@ def _fingerprint(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+CACHE_FORMAT = 2  # bump when what extract_features computes changes
+
+
+def pipeline_description(dataset) -> list[str]:
+    """What an image goes through on its way out of ``dataset``: each wrapper's type and transforms.
+
+    Follows ``.dataset`` (``Subset``, ``Transformed``, ``CachedImages``) down to the image folder; lists
+    ``transform``, ``target_transform`` and ``size`` (the cached image size) by their ``repr``. A
+    transform whose ``repr`` holds a memory address (a ``lambda``) differs in every session, so its
+    features are recomputed each time rather than ever reused wrongly.
+
+    Used in: 05_feature_extraction.ipynb (through extract_features)
+    """
+    steps = []
+    while dataset is not None:
+        parts = [type(dataset).__name__]
+        for attribute in ("transform", "target_transform", "size"):
+            value = getattr(dataset, attribute, None)
+            if value is not None:
+                parts.append(f"{attribute}={value!r}")
+        steps.append(" ".join(parts))
+        dataset = getattr(dataset, "dataset", None)
+    return steps
 
 
 def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str) -> Path:
@@ -61,7 +90,8 @@ def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str
         files.append([os.path.abspath(path), label, stat.st_size, stat.st_mtime_ns])
     with head_removed(model):
         weights = _fingerprint(model)
-    blob = json.dumps({"key": cache_key, "weights": weights, "files": files}).encode()
+    blob = json.dumps({"format": CACHE_FORMAT, "key": cache_key, "weights": weights, "files": files,
+                       "pipeline": pipeline_description(dataset)}).encode()
     return Path(cache_dir) / f"features-{hashlib.sha256(blob).hexdigest()[:24]}.pt"
 
 
@@ -100,9 +130,9 @@ def extract_features(
         dataset: Yields ``(image_tensor, label)``, already transformed.
         batch_size: Images per forward pass.
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "features"`` (never the dataset folder).
-            The file name hashes ``cache_key``, the backbone weights and the dataset's exact file list
-            (paths, sizes, mtimes). ``None``: no cache.
-        cache_key: What else the features depend on: backbone name and preprocessing.
+            The file name hashes the backbone weights, the dataset's exact file list (paths, sizes,
+            mtimes), its transforms (:func:`pipeline_description`) and ``cache_key``. ``None``: no cache.
+        cache_key: Anything else the features depend on that none of those shows (optional).
         progress: Show a progress bar.
 
     Returns:
@@ -179,6 +209,24 @@ def _epoch(head, features, labels, criterion, optimizer=None, order=None, batch_
     return total_loss / len(order), correct / len(order)
 
 
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the CPU generator and the one of ``device`` (CUDA/MPS) inside the block; restore both after.
+
+    Only those two: other GPUs' generators are neither reseeded nor advanced.
+    """
+    accelerator = device.type in ("cuda", "mps")
+    index = (device.index if device.index is not None else 0) if accelerator else None
+    kind = device.type if accelerator else "cuda"
+    with torch.random.fork_rng(devices=[index] if accelerator else [], device_type=kind):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        yield
+
+
 def train_head(
     train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
     val_labels: torch.Tensor, *, num_classes: int, epochs: int = 30, lr: float = 1e-3,
@@ -210,8 +258,7 @@ def train_head(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     train_labels, val_labels = train_labels.long(), val_labels.long()
     criterion, history = nn.CrossEntropyLoss(), []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded(seed, train_features.device):
         head = build_head(train_features.shape[1], num_classes, hidden=hidden).to(train_features.device)
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
         for epoch in range(1, epochs + 1):

@@ -1,15 +1,16 @@
 """Model surgery: freeze and unfreeze parts of a network, name its stages, and load weights partially.
 
 A *stage* is a dotted module name such as ``"blocks.3"`` or ``"layer2"``; :func:`stages` lists them
-bottom-up (input side first, head last), so "freeze everything up to block 3" is one call.
+bottom-up (input side first, head last), so "freeze everything up to block 3" is one call. Partial
+loading of weights (``load_matching_state_dict``) lives in :mod:`course_utils.state_dicts`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import torch
 from torch import nn
+
+from course_utils.state_dicts import LoadReport, load_matching_state_dict  # noqa: F401 - notebooks' import path
 
 # Containers that hold a backbone's main stages one level down (torchvision ``features``, timm ``blocks``).
 _EXPANDED_CONTAINERS = ("features", "blocks", "stages", "layers")
@@ -24,8 +25,10 @@ def stages(model: nn.Module) -> list[str]:
 
     Top-level children that own parameters are stages; a container named ``features``, ``blocks``,
     ``stages`` or ``layers`` is expanded one level, so ``"features.3"`` (torchvision) and
-    ``"blocks.5"`` (timm) are stages. Examples: timm EfficientNet gives ``conv_stem, bn1, blocks.0 ...
-    blocks.6, conv_head, bn2, classifier``; torchvision ResNet gives ``conv1, bn1, layer1 ... layer4, fc``.
+    ``"blocks.5"`` (timm) are stages. Parameters the model owns itself (a ViT's ``cls_token`` and
+    ``pos_embed``, part of its input embedding) come first, one stage each. Examples: timm EfficientNet
+    gives ``conv_stem, bn1, blocks.0 ... blocks.6, conv_head, bn2, classifier``; torchvision ResNet gives
+    ``conv1, bn1, layer1 ... layer4, fc``; timm ViT gives ``cls_token, pos_embed, patch_embed, blocks.0 ...``.
 
     Args:
         model: Any network.
@@ -35,7 +38,7 @@ def stages(model: nn.Module) -> list[str]:
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
-    names = []
+    names = [name for name, _ in model.named_parameters(recurse=False)]  # ViT's cls_token, pos_embed
     for name, child in model.named_children():
         if not _owns_parameters(child):
             continue
@@ -52,10 +55,17 @@ def _valid_names(model: nn.Module) -> list[str]:
 
 
 def _set_requires_grad(model: nn.Module, modules: Sequence[str] | None, flag: bool) -> None:
-    """Set ``requires_grad`` on all parameters, or on those under the dotted prefixes ``modules``."""
+    """Set ``requires_grad`` on all parameters, or on those under the dotted prefixes ``modules``.
+
+    Frozen BatchNorm layers are then kept in eval mode, and unfrozen ones released
+    (:func:`course_utils.batchnorm.sync_frozen_batchnorm`).
+    """
+    from course_utils.batchnorm import sync_frozen_batchnorm
+
     if modules is None:
         for parameter in model.parameters():
             parameter.requires_grad_(flag)
+        sync_frozen_batchnorm(model)
         return
     if isinstance(modules, str):
         modules = [modules]
@@ -70,6 +80,7 @@ def _set_requires_grad(model: nn.Module, modules: Sequence[str] | None, flag: bo
             )
         for parameter in selected:
             parameter.requires_grad_(flag)
+    sync_frozen_batchnorm(model)
 
 
 def freeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
@@ -162,25 +173,22 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
 
 
 def eval_frozen_batchnorm(model: nn.Module) -> int:
-    """Put every BatchNorm whose parameters are all frozen into eval mode.
+    """Keep every BatchNorm whose parameters are all frozen in eval mode, also through ``model.train()``.
 
     In train mode a BatchNorm keeps updating its running mean and variance even when its weight and
-    bias are frozen, so a "frozen" backbone would still drift. Call this after ``model.train()``
-    (``train.train_one_epoch`` does). BatchNorms without affine parameters are left alone.
+    bias are frozen, so a "frozen" backbone would still drift. :func:`freeze` and :func:`unfreeze` do
+    this by themselves; call it after setting ``requires_grad`` by hand (``train.train_one_epoch`` calls
+    it too). A BatchNorm whose parameters train again is released. How it works:
+    :mod:`course_utils.batchnorm`. BatchNorms without affine parameters are left alone.
 
     Returns:
-        How many BatchNorm layers were put into eval mode.
+        How many BatchNorm layers are kept in eval mode.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
-                count += 1
-    return count
+    from course_utils.batchnorm import sync_frozen_batchnorm
+
+    return sync_frozen_batchnorm(model)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -200,7 +208,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) -> list[dict]:
     """Optimizer parameter groups with discriminative learning rates: head vs. the rest.
 
-    The head is found with :func:`course_utils.models.get_head`. Frozen parameters are left out, and
+    The heads are found with :func:`course_utils.models.find_heads`. Frozen parameters are left out, and
     so is a group that would be empty. Pass the result to any optimizer: ``AdamW(groups)``.
 
     Args:
@@ -216,16 +224,16 @@ def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) ->
 
     Used in: 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
-    from course_utils.models import get_head
+    from course_utils.models import find_heads
 
     for label, lr in (("head_lr", head_lr), ("backbone_lr", backbone_lr)):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ValueError(f"{label} must be a positive number such as 1e-3, got {lr!r}.")
-    head_name, _ = get_head(model)
+    head_prefixes = tuple(name + "." for name, _ in find_heads(model))
     head, backbone = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (head if name.startswith(head_name + ".") else backbone).append(parameter)
+            (head if name.startswith(head_prefixes) else backbone).append(parameter)
     groups = [{"name": "head", "params": head, "lr": float(head_lr)},
               {"name": "backbone", "params": backbone, "lr": float(backbone_lr)}]
     groups = [g for g in groups if g["params"]]
@@ -233,77 +241,3 @@ def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) ->
         raise ValueError("Every parameter is frozen, so there is nothing to optimise. "
                          "Call unfreeze(model, [...]) or unfreeze_last(model, 1) first.")
     return groups
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_matching_state_dict` did, key by key.
-
-    Attributes:
-        loaded: Keys copied into the model.
-        mismatched: Keys in both whose shapes differ (the first one stopped the loading).
-        skipped: Keys in both with equal shapes, not loaded because they come after the first mismatch.
-        unexpected: Keys of the state dict the model does not have.
-        missing: Keys of the model the state dict does not have.
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    def summary(self, *, show: int = 3) -> str:
-        """A few lines: the count of each kind of key and its first ``show`` keys."""
-        lines = []
-        for kind in ("loaded", "mismatched", "skipped", "unexpected", "missing"):
-            keys = getattr(self, kind)
-            more = f", ... (+{len(keys) - show})" if len(keys) > show else ""
-            lines.append(f"{kind:>10}: {len(keys):4d}  {', '.join(keys[:show])}{more}")
-        return "\n".join(lines)
-
-
-def load_matching_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], *, stop_at_first_mismatch: bool = True
-) -> LoadReport:
-    """Load a state dict bottom-up until the first shape mismatch, and report every key.
-
-    The model's keys are walked in order (input side first); tensors are copied while name and
-    shape match. Keys absent from ``state_dict`` are reported as missing and do not stop the walk.
-    At the first shape mismatch loading stops: layers above a changed layer would receive inputs
-    they were not trained on. ``stop_at_first_mismatch=False`` loads every matching key instead.
-
-    Args:
-        model: Modified in place.
-        state_dict: For example ``torch.load(path, weights_only=True)``.
-
-    Returns:
-        A :class:`LoadReport`.
-
-    Raises:
-        ValueError: ``state_dict`` shares no key with the model (it comes from an unrelated model).
-
-    Used in: 04_model_surgery.ipynb
-    """
-    own = model.state_dict()
-    if not set(own) & set(state_dict):
-        raise ValueError(
-            f"The state dict shares no key with {type(model).__name__} (its first keys: "
-            f"{list(state_dict)[:3]}; the model's: {list(own)[:3]}), so it is from an unrelated model. "
-            "Load weights saved from the same architecture, or rename the keys first."
-        )
-    report, stopped, to_load = LoadReport(), False, {}
-    for key, tensor in own.items():
-        if key not in state_dict:
-            report.missing.append(key)
-        elif state_dict[key].shape != tensor.shape:
-            report.mismatched.append(key)
-            stopped = stopped or stop_at_first_mismatch
-        elif stopped:
-            report.skipped.append(key)
-        else:
-            report.loaded.append(key)
-            to_load[key] = state_dict[key]
-    report.unexpected = [key for key in state_dict if key not in own]
-    model.load_state_dict(to_load, strict=False)
-    return report

@@ -2,18 +2,20 @@
 
 ``fit`` runs ``train_one_epoch`` and ``evaluate`` for a number of epochs and returns a history: one
 dict per epoch with ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``seconds``.
+Checkpoints (``atomic_save``, ``save_checkpoint``, ``load_checkpoint``) live in
+:mod:`course_utils.checkpoints` and are importable from here too.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from course_utils.checkpoints import atomic_save, load_checkpoint, save_checkpoint  # noqa: F401 - import path
 
 
 def seed_everything(seed: int) -> None:
@@ -26,21 +28,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(preferred: str | None = None) -> torch.device:
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
     """The fastest available device: CUDA, then Apple MPS, then CPU (or ``preferred`` if given).
 
+    Args:
+        preferred: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or a ``torch.device``; None: automatic.
+
     Raises:
-        ValueError: ``preferred`` is not ``"cuda"``, ``"mps"`` or ``"cpu"``, or is not available.
+        ValueError: ``preferred`` is not a device name, or that device is not available here.
 
     Used in: 06_fine_tuning.ipynb
     """
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if preferred is None:
         return torch.device(next(name for name, ok in available.items() if ok))
-    if not available.get(preferred, False):
-        usable = [name for name, ok in available.items() if ok]
-        raise ValueError(f"Device {preferred!r} is not available here; choose one of {usable} or None (auto).")
-    return torch.device(preferred)
+    usable = [name for name, ok in available.items() if ok]
+    try:
+        device = torch.device(preferred)
+    except (RuntimeError, TypeError):
+        device = None
+    count = torch.cuda.device_count() if device is not None and device.type == "cuda" else 1
+    if device is None or not available.get(device.type, False) or (device.index or 0) >= count:
+        raise ValueError(f"Device {preferred!r} is not available here; choose one of {usable} or None (auto)"
+                         + (f"; this machine has {count} CUDA devices (cuda:0 ...)." if count > 1 else "."))
+    return device
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -51,8 +62,29 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
+def check_batch(images: torch.Tensor) -> None:
+    """Refuse a single image where a model needs a batch, with the fix (``unsqueeze(0)``).
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: ``images`` is 3-D, e.g. one ``(C, H, W)`` image.
+
+    Used in: 01_data_loading.ipynb (the missing batch dimension), through evaluate and predict
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"Expected a batch of images as a tensor, got a {type(images).__name__}. "
+                        "Iterate over a DataLoader (it stacks images into batches), not over the dataset.")
+    if images.dim() == 3:
+        raise ValueError(
+            f"Got a 3-D tensor of shape {tuple(images.shape)}, but models take a batch (N, C, H, W). "
+            "For one image add the batch dimension: image.unsqueeze(0); for a dataset, iterate over a "
+            "DataLoader instead of the dataset itself."
+        )
+
+
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     # channels_last for image batches, matching models.load_backbone: ~1.6x faster on CPU (benchmarks/).
+    check_batch(x)
     fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
     return x.to(device, non_blocking=True, memory_format=fmt)
 
@@ -63,13 +95,18 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``data_loader`` with gradient steps; returns mean ``loss`` and ``acc``.
 
-    Mixed precision is used when a ``scaler`` is given and the device is CUDA.
+    With a ``scaler`` (``torch.amp.GradScaler``) every loss is scaled before ``backward`` and the
+    optimizer is stepped through it; on CUDA the forward pass then runs in float16 (mixed precision).
+
+    Raises:
+        ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
 
     Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     from course_utils.progress import progress_bar
     from course_utils.surgery import eval_frozen_batchnorm
 
+    device = torch.device(device)
     model.train()
     eval_frozen_batchnorm(model)  # frozen BatchNorms keep their running statistics
     amp = scaler is not None and device.type == "cuda"
@@ -80,7 +117,7 @@ def train_one_epoch(
             logits = model(images)
             loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        if amp:
+        if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -90,7 +127,14 @@ def train_one_epoch(
         total_loss += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
+    _check_seen(seen)
     return {"loss": total_loss / seen, "acc": correct / seen}
+
+
+def _check_seen(seen: int) -> None:
+    if seen == 0:
+        raise ValueError("data_loader yielded no batch: check that the dataset is not empty "
+                         "(and that drop_last=True did not drop its only, incomplete batch).")
 
 
 @torch.inference_mode()
@@ -99,10 +143,16 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean ``loss`` and ``acc`` over ``data_loader`` in eval mode, without gradients.
 
+    The loss is the mean over images (each batch weighted by its size), as if computed in one batch.
+
+    Raises:
+        ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
+
     Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     from course_utils.progress import progress_bar
 
+    device = torch.device(device)
     model.eval()
     total_loss = correct = seen = 0
     for images, targets in progress_bar(data_loader, desc="eval", disable=not progress):
@@ -111,6 +161,7 @@ def evaluate(
         total_loss += criterion(logits, targets).item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
+    _check_seen(seen)
     return {"loss": total_loss / seen, "acc": correct / seen}
 
 
@@ -145,28 +196,70 @@ def predict(
     return torch.cat(logits).clone(), torch.cat(labels).long().clone()
 
 
+def _dataset_classes(loader) -> list | None:
+    """``.classes`` of the loader's dataset, looking through wrappers (Subset, CachedImages...); else None."""
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None:
+        if isinstance(getattr(dataset, "classes", None), (list, tuple)):
+            return list(dataset.classes)
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def _check_head_fits(model: nn.Module, train_loader) -> None:
+    """Refuse to train a head whose output size differs from the number of classes of the training set."""
+    from course_utils.models import get_head
+
+    classes = _dataset_classes(train_loader)
+    if classes is None:
+        return
+    try:
+        name, head = get_head(model)
+    except ValueError:  # no head this check can find: nothing to compare
+        return
+    outputs = getattr(head, "out_features", None)
+    if outputs is not None and outputs != len(classes):
+        raise ValueError(
+            f"The head {name!r} of the model has {outputs} outputs, but the training set has {len(classes)} "
+            f"classes ({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}). Give it a "
+            f"new head first: models.replace_head(model, {len(classes)})."
+        )
+
+
 def fit(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader,
-    device: torch.device, *, epochs: int, scheduler=None, amp: bool = False,
-    checkpoint: str | Path | None = None, progress: bool = True,
+    device: torch.device | str, *, epochs: int, scheduler=None, amp: bool = False,
+    checkpoint: str | Path | None = None, progress: bool = True, restore_best: bool = True,
 ) -> list[dict[str, float]]:
     """Train for ``epochs``, evaluating after each; keep the best weights by validation accuracy.
 
+    Before the first batch, the head's number of outputs is checked against the training set's classes
+    (when the dataset has ``.classes``).
+
     Args:
+        device: A ``torch.device`` or its name (``"cpu"``, ``"cuda"``).
         scheduler: Stepped once per epoch, after evaluation.
         amp: Mixed precision (CUDA only; ignored elsewhere).
-        checkpoint: If given, the best state dict is saved there (atomically) and loaded back at the end.
+        checkpoint: If given, the best state dict is saved there (atomically) after each improvement.
+        restore_best: At the end, load the weights of the epoch with the best validation accuracy (the
+            earliest of equals) back into the model: from ``checkpoint``, or from a copy kept in memory.
+            False: the model keeps the last epoch's weights.
 
     Returns:
         The history: one dict per epoch.
 
+    Raises:
+        ValueError: ``epochs`` is not a positive integer, or the head does not fit the classes.
+
     Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    device = torch.device(device)
+    _check_head_fits(model, train_loader)
     model.to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    history, best = [], -1.0
+    history, best, best_state = [], -1.0, None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train = train_one_epoch(model, criterion, optimizer, train_loader, device,
@@ -177,56 +270,14 @@ def fit(
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                         "val_loss": val["loss"], "val_acc": val["acc"],
                         "seconds": time.perf_counter() - start})
-        if checkpoint is not None and val["acc"] > best:
+        if val["acc"] > best:
             best = val["acc"]
-            save_checkpoint(model, checkpoint)
-    if checkpoint is not None:
+            if checkpoint is not None:
+                save_checkpoint(model, checkpoint)
+            elif restore_best:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if restore_best and checkpoint is not None:
         load_checkpoint(model, checkpoint)
+    elif restore_best:
+        model.load_state_dict(best_state)
     return history
-
-
-def atomic_save(payload, path: str | Path) -> Path:
-    """``torch.save(payload)`` to ``path`` atomically: a crash mid-write never leaves a broken file.
-
-    The payload goes to a temporary file in the same folder, which then replaces ``path`` in one step.
-    This is the one place the package writes files with torch (checkpoints, feature caches, models).
-
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb (through save_checkpoint and finetuned.save)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save ``model.state_dict()`` atomically (:func:`atomic_save`).
-
-    Only tensors are saved, so the file loads with ``torch.load(path, weights_only=True)``.
-
-    Used in: 04_model_surgery.ipynb; 06_fine_tuning.ipynb (through train.fit)
-    """
-    return atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict saved by :func:`save_checkpoint` (``weights_only=True``, safe to open).
-
-    Raises:
-        FileNotFoundError: No file at ``path``.
-
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}. Train with fit(..., checkpoint=path) first.")
-    device = next(model.parameters()).device
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    return model

@@ -43,7 +43,7 @@ def test_find_splits_train_val(tiny_dataset):
     assert Path(splits["val"].samples[0][0]).parent.parent.name == "val"
 
 
-@pytest.mark.parametrize("val_name", ["valid", "test"])
+@pytest.mark.parametrize("val_name", ["valid", "validation"])
 def test_find_splits_other_validation_folder_names(tmp_path, val_name):
     _tree(tmp_path / "train", 2)
     _tree(tmp_path / val_name, 1, seed=1)
@@ -255,3 +255,31 @@ def test_runs_root_is_never_inside_the_data_root(monkeypatch, tmp_path):
     assert not data.runs_root().is_relative_to(data.data_root())
     monkeypatch.setenv("COURSE_RUNS", str(tmp_path / "mine"))
     assert data.runs_root() == (tmp_path / "mine").resolve()
+
+
+def test_sixteen_bit_greyscale_keeps_its_brightness(tmp_path):
+    import numpy as np
+
+    (tmp_path / "cells").mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (16, 1))  # dark to bright
+    Image.fromarray(ramp).save(tmp_path / "cells" / "ramp.png")
+    assert Image.open(tmp_path / "cells" / "ramp.png").mode.startswith("I")  # really 16-bit on disk
+    image, _ = data.image_folder(tmp_path)[0]
+    pixels = np.asarray(image)
+    expected = np.rint(ramp / 257.0)
+    assert image.mode == "RGB" and np.array_equal(pixels[..., 0], expected) and np.array_equal(pixels[..., 2], expected)
+    assert abs(pixels.mean() - 127.5) < 0.5  # Pillow's own convert("RGB") gives about 254
+    cached, _ = data.CachedImages(data.image_folder(tmp_path), size=16)[0]
+    assert cached.shape == (3, 16, 64) and abs(cached.float().mean().item() - 127.5) < 1.0
+
+
+def test_transparent_pixels_are_composited_on_white(tmp_path):
+    (tmp_path / "logos").mkdir()
+    rgba = Image.new("RGBA", (4, 2), color=(10, 200, 30, 0))  # invisible green
+    rgba.putpixel((0, 0), (10, 200, 30, 255))  # one visible green pixel
+    rgba.save(tmp_path / "logos" / "logo.png")
+    image, _ = data.image_folder(tmp_path)[0]
+    assert image.getpixel((0, 0)) == (10, 200, 30)
+    assert image.getpixel((1, 0)) == (255, 255, 255)
+    half = Image.new("LA", (2, 2), color=(0, 128))  # black at half opacity over white: mid grey
+    assert data.to_rgb(half).getpixel((0, 0)) in {(127, 127, 127), (128, 128, 128)}

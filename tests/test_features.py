@@ -85,12 +85,57 @@ def test_changed_file_list_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced
     with pytest.raises(RuntimeError, match="the model ran"):
         features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
-    handle.remove()
+
+
+def _cached(model, dataset, cache) -> bool:
+    """True if extract_features answered from the cache (the model did not run)."""
+    handle = _raise_on_forward(model)
+    try:
+        features.extract_features(model, dataset, cache_dir=cache, progress=False)
+        return True
+    except RuntimeError as err:
+        assert "the model ran" in str(err)
+        return False
+    finally:
+        handle.remove()
+
+
+def test_changed_weights_miss_the_cache_and_the_same_weights_hit_it(tiny_cnn, tiny_dataset, tmp_path):
+    dataset = _folder_dataset(tiny_dataset / "train")
+    features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, progress=False)
+    assert _cached(tiny_cnn, dataset, tmp_path)  # same files, same transform, same weights
+    weight, statistics = tiny_cnn[0].weight.detach().clone(), tiny_cnn[4].running_mean.clone()
     with torch.no_grad():
-        tiny_cnn[0].weight.add_(1.0)  # other backbone weights
-    handle = _raise_on_forward(tiny_cnn[0])
-    with pytest.raises(RuntimeError, match="the model ran"):
-        features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
+        tiny_cnn[0].weight.add_(1.0)  # other backbone weights, nothing else changed
+    assert not _cached(tiny_cnn, dataset, tmp_path)
+    with torch.no_grad():
+        tiny_cnn[0].weight.copy_(weight)
+        tiny_cnn[4].running_mean.add_(1.0)  # a buffer (BatchNorm statistics) changes the features too
+    assert not _cached(tiny_cnn, dataset, tmp_path)
+    with torch.no_grad():
+        tiny_cnn[4].running_mean.copy_(statistics)
+        tiny_cnn[8].weight.add_(1.0)  # the head is bypassed: it does not change the features
+    assert _cached(tiny_cnn, dataset, tmp_path)
+
+
+def test_changed_transform_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
+    from torchvision.transforms import v2
+
+    from course_utils.models import Preprocessing
+
+    pre = Preprocessing(resize=20, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    folder = data.image_folder(tiny_dataset / "val")
+    cached = data.CachedImages(folder, size=pre.resize, transform=data.build_transforms(pre)["val"])
+    features.extract_features(tiny_cnn, cached, cache_dir=tmp_path, progress=False)
+    assert _cached(tiny_cnn, cached, tmp_path)
+    cached.transform = data.build_transforms(Preprocessing(20, 16, mean=(0.4,) * 3, std=(0.5,) * 3))["val"]
+    assert not _cached(tiny_cnn, cached, tmp_path), "only Normalize's mean changed: new features"
+    other_size = data.CachedImages(folder, size=24, transform=data.build_transforms(pre)["val"])
+    assert not _cached(tiny_cnn, other_size, tmp_path), "images cached at another size"
+    wrapped = data.Transformed(folder, v2.Compose([v2.Resize((16, 16)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    features.extract_features(tiny_cnn, wrapped, cache_dir=tmp_path, progress=False)
+    wrapped.transform = v2.Compose([v2.Resize((16, 16)), v2.ToImage(), v2.ToDtype(torch.float32, scale=False)])
+    assert not _cached(tiny_cnn, wrapped, tmp_path)
 
 
 def test_cache_needs_a_file_list(tiny_cnn, tmp_path):
@@ -105,11 +150,14 @@ def _blobs(n, seed):
     return centres[labels] + torch.randn(n, 8, generator=generator), labels
 
 
-def test_train_head_learns_a_separable_problem():
+def test_train_head_learns_a_separable_problem(monkeypatch):
     (xt, yt), (xv, yv) = _blobs(90, 0), _blobs(30, 1)
     state = torch.get_rng_state()
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
     head, history = features.train_head(xt, yt, xv, yv, num_classes=3, epochs=20, lr=1e-2)
     assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    assert reseeded == [], "features on the CPU must not reseed the GPUs' generators"
     assert isinstance(head, nn.Linear) and head.out_features == 3 and not head.training
     assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
     assert len(history) == 20 and history[-1]["val_acc"] >= 0.9

@@ -154,3 +154,18 @@ def test_plots_have_titles_labels_and_log_scale(tiny_cnn):
     with pytest.raises(ValueError, match="norms is empty"):
         plotting.plot_gradient_norms({})
     plt.close("all")
+
+
+def test_nested_groups_give_each_parameter_to_the_longest_name():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4)), nn.Linear(4, 5))
+    nn.functional.cross_entropy(model(torch.randn(6, 3)), torch.arange(6) % 5).backward()
+
+    def norm(*modules):
+        return math.sqrt(sum(p.grad.pow(2).sum().item() for m in modules for p in m.parameters()))
+
+    for groups in (["0", "0.1", "1"], ["0.1", "1", "0"]):  # the order of the names must not matter
+        norms = gradients.gradient_norms(model, groups=groups)
+        assert norms["0.1"] == pytest.approx(norm(model[0][1]), rel=1e-6)
+        assert norms["0"] == pytest.approx(norm(model[0][0]), rel=1e-6), "0.1's parameters are not counted twice"
+        assert norms["1"] == pytest.approx(norm(model[1]), rel=1e-6)

@@ -45,14 +45,18 @@ def test_pretrained_lite0_holds_the_packaged_tensors_in_order(lite0):
         assert torch.equal(actual, expected), f"{key} differs from the packaged {src_key}"
 
 
-@pytest.mark.parametrize("name, head, in_features", [
+TORCHVISION_HEADS = [
     ("resnet18", "fc", 512),
+    ("resnet50", "fc", 2048),
     ("densenet121", "classifier", 1024),
     ("vgg16", "classifier.6", 4096),
     ("mobilenet_v3_large", "classifier.3", 1280),
     ("efficientnet_b0", "classifier.1", 1280),
-])
-def test_get_head_of_torchvision_families(name, head, in_features):
+]
+
+
+@pytest.mark.parametrize("name, head, in_features", TORCHVISION_HEADS)
+def test_get_head_and_replace_head_of_torchvision_families(name, head, in_features):
     # The meta device builds the real module tree (weights=None) without allocating or initialising memory.
     with torch.device("meta"):
         model, pre = models.load_backbone(name, pretrained=False)
@@ -60,6 +64,72 @@ def test_get_head_of_torchvision_families(name, head, in_features):
     assert (found, layer.in_features, layer.out_features) == (head, in_features, 1000)
     assert model.get_submodule(found) is layer
     assert pre.crop == 224
+    new = models.replace_head(model, 3, seed=0)
+    assert model.get_submodule(head) is new and new.in_features == in_features
+    assert new.weight.is_meta, "the new head lives where the old one did"
+    assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 3)
+
+
+class _HeadRegisteredFirst(nn.Module):
+    """The head is registered before the layer that feeds it: the last registered Linear is not the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.embed = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.embed(self.features(x))))
+
+
+def test_get_head_follows_the_forward_pass_not_the_registration_order():
+    model = _HeadRegisteredFirst()
+    assert models.get_head(model) == ("head", model.head)
+    before = model.embed.weight.detach().clone()
+    models.replace_head(model, 5)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+    assert torch.equal(model.embed.weight, before) and model.embed.out_features == 8
+
+
+def test_get_head_needs_an_example_when_no_probe_fits():
+    model = nn.Sequential(nn.Conv2d(1, 2, 5), nn.Flatten(), nn.Linear(2 * 24 * 24, 10), nn.ReLU(), nn.Linear(10, 5))
+    with pytest.raises(ValueError, match=r"2 nn.Linear layers \(2, 4\).*example="):
+        models.get_head(model)
+    assert models.get_head(model, example=torch.zeros(1, 1, 28, 28))[0] == "4"
+
+
+def test_distilled_deit_has_two_heads_and_replace_head_resets_both():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=1).eval()
+    assert [name for name, _ in models.find_heads(model)] == ["head", "head_dist"]
+    assert models.get_head(model)[0] == "head"
+    new = models.replace_head(model, 3, seed=0)
+    assert new is model.head and model.head_dist.out_features == 3 and model.num_classes == 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_timm_vit_head_and_a_headless_timm_model():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=0)
+    with pytest.raises(ValueError, match="no classification head"):
+        models.get_head(model)
+    new = models.replace_head(model, 5, seed=1)
+    assert models.get_head(model) == ("head", new) and model.num_classes == 5
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_replace_head_uses_a_local_generator_and_keeps_the_dtype(tiny_cnn):
+    tiny_cnn.double()
+    state = torch.get_rng_state()
+    new = models.replace_head(tiny_cnn, 3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state), "the global random state must not change"
+    assert new.weight.dtype == torch.float64 and tiny_cnn(torch.zeros(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 3)
+    reference = nn.Linear(16, 3)
+    torch.manual_seed(7)
+    reference.reset_parameters()  # PyTorch's own default initialisation with the same seed
+    torch.testing.assert_close(new.weight.float(), reference.weight.detach())
+    torch.testing.assert_close(new.bias.float(), reference.bias.detach())
 
 
 def test_get_head_of_lite0(lite0):

@@ -92,10 +92,70 @@ def test_unfreeze_last(lite0):
 
 
 def test_eval_frozen_batchnorm(tiny_cnn):
-    surgery.freeze(tiny_cnn, ["0", "1"])
+    for parameter in tiny_cnn[1].parameters():
+        parameter.requires_grad_(False)  # frozen by hand: the next call locks it
     tiny_cnn.train()
+    assert tiny_cnn[1].training
     assert surgery.eval_frozen_batchnorm(tiny_cnn) == 1
     assert not tiny_cnn[1].training and tiny_cnn[4].training and tiny_cnn[0].training
+    tiny_cnn.train()
+    assert not tiny_cnn[1].training, "model.train() must not undo it"
+    tiny_cnn[1].weight.requires_grad_(True)  # unfrozen by hand: released by the next call
+    assert surgery.eval_frozen_batchnorm(tiny_cnn) == 0 and tiny_cnn[1].training
+
+
+def _own_loop_step(model, images):
+    # What a student's own loop does: model.train(), then forward passes (no course_utils call).
+    model.train()
+    model(images)
+
+
+def test_frozen_batchnorm_survives_model_train_in_a_loop_of_ones_own(tiny_cnn):
+    names_before = [n for n, _ in tiny_cnn.named_parameters()]
+    keys_before = list(tiny_cnn.state_dict())
+    counts_before = surgery.count_parameters(tiny_cnn)["total"]
+    surgery.freeze(tiny_cnn, ["0", "1"])
+    frozen_stats, trained_stats = tiny_cnn[1].running_mean.clone(), tiny_cnn[4].running_mean.clone()
+    _own_loop_step(tiny_cnn, torch.randn(4, 3, 8, 8) * 3 + 1)
+    assert not tiny_cnn[1].training and tiny_cnn[4].training and tiny_cnn.training
+    assert torch.equal(tiny_cnn[1].running_mean, frozen_stats), "a frozen BatchNorm must not drift"
+    assert not torch.equal(tiny_cnn[4].running_mean, trained_stats)
+    assert isinstance(tiny_cnn[1], nn.BatchNorm2d) and type(tiny_cnn[1]).__name__ == "FrozenBatchNorm2d"
+    # Nothing a notebook counts or saves changes: names, parameters (still frozen Parameters), state-dict keys.
+    assert [n for n, _ in tiny_cnn.named_parameters()] == names_before and list(tiny_cnn.state_dict()) == keys_before
+    assert surgery.count_parameters(tiny_cnn) == {"total": counts_before, "trainable": counts_before - 8 * 3 * 9 - 8 - 16,
+                                                  "frozen": 8 * 3 * 9 + 8 + 16}
+    surgery.unfreeze(tiny_cnn)
+    assert type(tiny_cnn[1]) is nn.BatchNorm2d and tiny_cnn[1].training
+    _own_loop_step(tiny_cnn, torch.randn(4, 3, 8, 8) * 3 + 1)
+    assert not torch.equal(tiny_cnn[1].running_mean, frozen_stats), "unfrozen, it learns its statistics again"
+
+
+def test_frozen_batchnorm_copies_and_pickles_frozen(tiny_cnn, tmp_path):
+    import copy
+
+    surgery.freeze(tiny_cnn, ["1"])
+    torch.save(tiny_cnn, tmp_path / "whole_model.pt")
+    for clone in (copy.deepcopy(tiny_cnn), torch.load(tmp_path / "whole_model.pt", weights_only=False)):
+        clone.train()
+        assert type(clone[1]).__name__ == "FrozenBatchNorm2d" and not clone[1].training
+        assert torch.equal(clone[1].running_var, tiny_cnn[1].running_var)
+        surgery.unfreeze(clone)
+        assert type(clone[1]) is nn.BatchNorm2d
+
+
+def test_frozen_timm_batchnorm_act_keeps_its_activation(lite0):
+    images = torch.randn(2, 3, 32, 32)
+    bn = lite0.bn1
+    lite0.eval()
+    with torch.no_grad():
+        expected = bn(images.new_zeros(2, 32, 4, 4) + 1.5)
+    surgery.freeze_up_to(lite0, "blocks.1")
+    lite0.train()
+    assert type(bn).__name__ == "FrozenBatchNormAct2d" and not bn.training
+    assert lite0.blocks[2][0].bn1.training, "blocks.2 trains, and so do its BatchNorms"
+    with torch.no_grad():
+        torch.testing.assert_close(bn(images.new_zeros(2, 32, 4, 4) + 1.5), expected)  # same BN + activation
 
 
 def test_train_one_epoch_keeps_frozen_batchnorm_statistics(tiny_cnn):
@@ -172,3 +232,67 @@ def test_load_matching_state_dict_can_load_all_matching(tiny_cnn):
 def test_load_matching_state_dict_rejects_unrelated_model(tiny_cnn):
     with pytest.raises(ValueError, match="unrelated model"):
         surgery.load_matching_state_dict(tiny_cnn, nn.Linear(3, 3).state_dict())
+
+
+def test_load_matching_state_dict_refuses_an_unrelated_architecture_that_shares_names(lite0):
+    import torchvision
+
+    resnet = torchvision.models.resnet18(weights=None, num_classes=5)  # shares "bn1.weight" etc., other shapes
+    before = lite0.bn1.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'conv1\.weight'.*'conv_stem\.weight'.*unrelated model"):
+        surgery.load_matching_state_dict(lite0, resnet.state_dict())
+    assert torch.equal(lite0.bn1.weight, before)
+
+
+def test_load_matching_state_dict_that_would_load_nothing(tiny_cnn):
+    source = _changed_cnn()
+    source[0] = nn.Conv2d(3, 8, 5, padding=2)  # the very first layer differs
+    with pytest.raises(ValueError, match=r"Nothing was loaded.*'0\.weight'.*stop_at_first_mismatch=False"):
+        surgery.load_matching_state_dict(tiny_cnn, source.state_dict())
+
+
+def test_load_matching_state_dict_wants_a_state_dict(tiny_cnn, tmp_path):
+    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+    with pytest.raises(TypeError, match="torch.load\\(path, weights_only=True\\)"):
+        surgery.load_matching_state_dict(tiny_cnn, str(path))
+    with pytest.raises(TypeError, match="its .state_dict"):
+        surgery.load_matching_state_dict(tiny_cnn, tiny_cnn)
+    with pytest.raises(TypeError, match="needs that key first"):
+        surgery.load_matching_state_dict(tiny_cnn, {"state_dict": tiny_cnn.state_dict()})
+
+
+def test_stages_start_with_the_parameters_the_model_owns():
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=5)
+    assert surgery.stages(vit)[:4] == ["cls_token", "pos_embed", "patch_embed", "blocks.0"]
+    surgery.freeze_up_to(vit, "patch_embed")
+    assert not vit.pos_embed.requires_grad and not vit.cls_token.requires_grad
+    assert surgery.unfreeze_last(vit, len(surgery.stages(vit))) == surgery.stages(vit)
+    assert all(p.requires_grad for p in vit.parameters())
+
+
+class _NamesSharingAPrefix(nn.Module):
+    """The head is ``fc``; ``fc_pre`` is backbone although its name starts with "fc"."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_pre = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc_pre(x)))
+
+
+def test_parameter_groups_match_whole_names():
+    model = _NamesSharingAPrefix()
+    head, backbone = surgery.parameter_groups(model, head_lr=1e-2, backbone_lr=1e-4)
+    assert [id(p) for p in head["params"]] == [id(model.fc.weight), id(model.fc.bias)]
+    assert [id(p) for p in backbone["params"]] == [id(model.fc_pre.weight), id(model.fc_pre.bias)]
+
+
+def test_parameter_groups_of_a_distilled_deit_put_both_heads_in_the_head_group():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=3)
+    head = surgery.parameter_groups(model, head_lr=1e-2, backbone_lr=1e-4)[0]
+    expected = [model.head.weight, model.head.bias, model.head_dist.weight, model.head_dist.bias]
+    assert {id(p) for p in head["params"]} == {id(p) for p in expected}

@@ -157,7 +157,7 @@ def test_fit_restores_the_best_epoch(tmp_path):
         assert torch.equal(model.state_dict()[key], tensor)
 
 
-@pytest.mark.parametrize("epochs", [0, -1, 2.0])
+@pytest.mark.parametrize("epochs", [0, -1, 2.0, True])
 def test_fit_rejects_bad_epochs(tiny_cnn, epochs):
     loader = DataLoader(_images(5, seed=0), batch_size=5)
     optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
@@ -209,3 +209,147 @@ def test_predict_returns_every_logit_in_order_in_eval_mode():
         assert torch.allclose(logits, model(dataset.tensors[0]), atol=1e-6)  # dropout off: eval mode
     with pytest.raises(ValueError, match="no batch"):
         train.predict(model, [], CPU)
+
+
+def test_select_device_accepts_indices_and_devices(monkeypatch):
+    assert train.select_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train.select_device("cuda:1") == torch.device("cuda", 1)
+    assert train.select_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:2' is not available.*2 CUDA devices"):
+        train.select_device("cuda:2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_select_device_rejects_an_unavailable_cuda_index():
+    with pytest.raises(ValueError, match="'cuda:0' is not available"):
+        train.select_device("cuda:0")
+
+
+def test_fit_accepts_a_device_name_and_keeps_the_best_epoch_without_a_checkpoint():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    inputs = torch.randn(100, 2)
+    val_loader = [(inputs[:20], torch.zeros(20, dtype=torch.long))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    history = train.fit(model, nn.CrossEntropyLoss(), optimizer, _FlippingLabels(inputs), val_loader, "cpu",
+                        epochs=3, progress=False)
+    assert history[0]["val_acc"] == 1.0 and history[-1]["val_acc"] < 0.5
+    assert train.evaluate(model, nn.CrossEntropyLoss(), val_loader, "cpu", progress=False)["acc"] == 1.0
+    last = train.fit(model, nn.CrossEntropyLoss(), optimizer, _FlippingLabels(inputs), val_loader, "cpu",
+                     epochs=3, progress=False, restore_best=False)
+    final = train.evaluate(model, nn.CrossEntropyLoss(), val_loader, "cpu", progress=False)
+    assert final["acc"] == last[-1]["val_acc"] < 1.0, "restore_best=False keeps the last epoch"
+
+
+def test_fit_refuses_a_head_that_does_not_fit_the_classes(tiny_dataset):
+    from course_utils import data
+
+    dataset = data.CachedImages(data.find_splits(tiny_dataset)["train"], size=8, transform=_as_float)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
+    before = model[3].weight.detach().clone()
+    loader = DataLoader(dataset, batch_size=4)
+    with pytest.raises(ValueError, match=r"'3' of the model has 1000 outputs.*3 classes \(cats, dogs, owls\).*"
+                                         r"replace_head\(model, 3\)"):
+        train.fit(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), loader, loader, CPU,
+                  epochs=1, progress=False)
+    assert torch.equal(model[3].weight, before), "nothing was trained"
+
+
+def _as_float(image: torch.Tensor) -> torch.Tensor:
+    return image.float() / 255
+
+
+def test_empty_loaders_are_a_clear_error(tiny_cnn):
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="yielded no batch"):
+        train.train_one_epoch(tiny_cnn, nn.CrossEntropyLoss(), optimizer, empty, CPU, progress=False)
+    with pytest.raises(ValueError, match="yielded no batch"):
+        train.evaluate(tiny_cnn, nn.CrossEntropyLoss(), empty, CPU, progress=False)
+
+
+def test_evaluate_weights_each_batch_by_its_size():
+    # Batches of 3 and 1 images: the mean of the two batch losses would weight the single image 3x too much.
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    dataset = _blobs(n_per_class=1, seed=2)  # 3 points
+    extra = TensorDataset(torch.tensor([[9.0, -9.0]]), torch.tensor([1]))
+    loader = DataLoader(torch.utils.data.ConcatDataset([dataset, extra]), batch_size=3)
+    result = train.evaluate(model, nn.CrossEntropyLoss(), loader, CPU, progress=False)
+    points = torch.cat([dataset.tensors[0], extra.tensors[0]])
+    labels = torch.cat([dataset.tensors[1], extra.tensors[1]])
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(points), labels).item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+class _RecordingScaler:
+    """Stands in for torch.amp.GradScaler: records the calls, scales the loss by 4."""
+
+    def __init__(self):
+        self.calls = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return loss * 4
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+
+
+def test_train_one_epoch_goes_through_the_scaler():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    loader = DataLoader(_blobs(n_per_class=4), batch_size=6)  # 2 batches
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay, gradients are kept
+    scaler = _RecordingScaler()
+    train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, scaler=scaler, progress=False)
+    assert scaler.calls == ["scale", "step", "update"] * 2
+    last_images, last_targets = list(loader)[-1]
+    model.zero_grad()
+    nn.functional.cross_entropy(model(last_images), last_targets).backward()
+    plain = model.weight.grad.clone()
+    model.zero_grad()
+    train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, [(last_images, last_targets)], CPU,
+                          scaler=_RecordingScaler(), progress=False)
+    torch.testing.assert_close(model.weight.grad, 4 * plain)  # backward ran on the scaled loss
+
+
+def test_a_single_image_gets_the_batch_dimension_hint(tiny_cnn):
+    dataset = _images(4, seed=0)
+    with pytest.raises(ValueError, match=r"shape \(3, 8, 8\).*unsqueeze\(0\)"):
+        train.evaluate(tiny_cnn, nn.CrossEntropyLoss(), dataset, CPU, progress=False)  # a dataset, no DataLoader
+    with pytest.raises(ValueError, match=r"unsqueeze\(0\)"):
+        train.predict(tiny_cnn, [(dataset[0][0], 0)], CPU)
+
+
+def test_checkpoint_is_fsynced_before_the_rename(tiny_cnn, tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_size)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", 0)), real_replace(a, b)))
+    train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+    assert [name for name, _ in events][:2] == ["fsync", "replace"]
+    assert events[0][1] == (tmp_path / "model.pt").stat().st_size, "the whole file was flushed first"
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX permissions")
+def test_checkpoint_gets_the_users_normal_permissions(tiny_cnn, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+        reference = tmp_path / "plain.txt"
+        reference.write_text("made with open()")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,225 @@
+"""Image folders on disk: class folders, and the train / validation / test layout of a dataset.
+
+:func:`find_splits` reads the layouts people actually use (``train/`` with ``val/``, ``valid/`` or
+``validation/``, any letter case, optionally ``test/``; or one folder of class folders) and turns every
+layout it cannot use safely into an error that names the folder and the fix. A ``test/`` folder is never
+used as the validation split: model selection on the test set would make its accuracy optimistic.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from course_utils.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
+
+SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+VAL_FOLDER_NAMES = SPLIT_FOLDER_NAMES["val"]
+DEFAULT_VAL_FRACTION = 0.2
+
+
+def _visible_folders(directory: str | os.PathLike) -> list[str]:
+    """Sub-folder names, without hidden ones (``.ipynb_checkpoints``, ``.git``) and ``__MACOSX``."""
+    return sorted(entry.name for entry in os.scandir(directory)
+                  if entry.is_dir() and not entry.name.startswith((".", "__MACOSX")))
+
+
+def _has_image(folder: str) -> bool:
+    return any(is_image_file(name) for _, _, files in os.walk(folder) for name in files)
+
+
+class VisibleImageFolder(ImageFolder):
+    """``ImageFolder`` whose classes are the visible sub-folders only, each with at least one image.
+
+    Hidden folders (``.ipynb_checkpoints`` that JupyterLab leaves behind, ``.git``) and the
+    ``__MACOSX`` folder of zip files made on a Mac are not classes.
+
+    Used in: 01_data_loading.ipynb (through :func:`image_folder`)
+    """
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = _visible_folders(directory)
+        if not classes:
+            raise FileNotFoundError(
+                f"No class folders in {directory}. Expected one sub-folder per class, "
+                "e.g. train/ants/*.jpg and train/bees/*.jpg."
+            )
+        empty = [name for name in classes if not _has_image(os.path.join(directory, name))]
+        if empty:
+            raise FileNotFoundError(
+                f"The class folder {os.path.join(directory, empty[0])} of the split "
+                f"'{os.path.basename(os.path.normpath(directory))}' has no image files "
+                f"({', '.join(IMAGE_EXTENSIONS)}){f'; so have {empty[1:]}' if len(empty) > 1 else ''}. "
+                "Put its images in it, or delete the folder (and the same class in the other splits)."
+            )
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
+def image_folder(folder: str | os.PathLike, transform=None) -> ImageFolder:
+    """A torchvision ``ImageFolder`` that skips non-image files and hidden folders, and loads RGB.
+
+    Raises:
+        FileNotFoundError: No class folders, or a class folder without images (named in the message).
+
+    Used in: 01_data_loading.ipynb
+    """
+    return VisibleImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
+
+
+def _split_folders(folder: Path) -> dict[str, Path]:
+    """The split folders of ``folder`` by role (``train``, ``val``, ``test``), matched in any case."""
+    roles = {name: role for role, names in SPLIT_FOLDER_NAMES.items() for name in names}
+    found: dict[str, list[str]] = {}
+    for name in _visible_folders(folder):
+        if name.lower() in roles:
+            found.setdefault(roles[name.lower()], []).append(name)
+    for role, names in found.items():
+        if len(names) > 1:
+            raise ValueError(
+                f"{folder} has {len(names)} {role} folders ({', '.join(n + '/' for n in names)}); keep one "
+                f"and rename or move the others, so that it is clear which images are for {role}."
+            )
+    return {role: folder / names[0] for role, names in found.items()}
+
+
+def _check_classes(dataset: ImageFolder, name: str, reference: ImageFolder | None = None) -> None:
+    if reference is None and len(dataset.classes) < 2:
+        raise ValueError(
+            f"{dataset.root} holds only one class folder, {dataset.classes[0]!r}: a classifier needs at least "
+            f"two. If {Path(dataset.root) / dataset.classes[0]} holds your dataset's folders, pass that folder."
+        )
+    if reference is not None and dataset.classes != reference.classes:
+        missing = sorted(set(reference.classes) - set(dataset.classes))
+        extra = sorted(set(dataset.classes) - set(reference.classes))
+        raise ValueError(
+            f"The class folders of {dataset.root} ({name}) differ from those of {reference.root} (train): "
+            f"missing {missing}, extra {extra}. Label numbers would then mean different classes. Give every "
+            "split the same class folders (an empty class cannot be evaluated: move some images into it)."
+        )
+
+
+def _check_fraction(val_fraction: float) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}. "
+                         "0.2 holds out a fifth of the images of every class.")
+
+
+def stratified_split(dataset: ImageFolder, *, val_fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """Split a dataset so that every class is in both parts, about ``val_fraction`` of it in the second.
+
+    Each class gives ``round(n * val_fraction)`` images to validation, at least one and at most ``n - 1``,
+    drawn with a local generator seeded by ``seed`` (the global random state is not touched).
+
+    Returns:
+        ``(train, val)``: ``Subset`` objects with sorted indices and the dataset's ``.classes``.
+
+    Raises:
+        ValueError: ``val_fraction`` is not strictly between 0 and 1, or a class has fewer than 2 images.
+
+    Used in: 01_data_loading.ipynb (through find_splits)
+    """
+    import torch
+
+    _check_fraction(val_fraction)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(dataset.targets):
+        by_class.setdefault(int(label), []).append(index)
+    too_small = {dataset.classes[c]: len(ix) for c, ix in sorted(by_class.items()) if len(ix) < 2}
+    if too_small:
+        raise ValueError(
+            f"Classes with fewer than 2 images in {dataset.root}: {too_small}. A split that puts every class in "
+            "both train and validation needs at least 2 images per class: add images, or remove that class folder."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for label, indices in sorted(by_class.items()):
+        n_val = min(max(1, round(len(indices) * val_fraction)), len(indices) - 1)
+        order = torch.randperm(len(indices), generator=generator).tolist()
+        val += [indices[i] for i in order[:n_val]]
+        train += [indices[i] for i in order[n_val:]]
+    parts = Subset(dataset, sorted(train)), Subset(dataset, sorted(val))
+    for part in parts:
+        part.classes = dataset.classes
+    return parts
+
+
+def find_splits(
+    folder: str | os.PathLike, *, val_fraction: float | None = None, seed: int = 0
+) -> dict[str, Dataset]:
+    """Train, validation (and test, if present) datasets from a folder, whatever its layout.
+
+    Layouts, split folder names in any letter case:
+
+    - ``train/`` beside ``val/``, ``valid/`` or ``validation/``: used as they are.
+    - ``test/`` as well: returned under ``"test"``, a held-out split that model selection never sees.
+    - ``train/`` without a validation folder (with or without ``test/``): an error, unless ``val_fraction``
+      is given; then that share of every class of ``train/`` becomes the validation split.
+    - no split folders: the folder holds class folders directly and is split by class
+      (``val_fraction``, default 0.2; :func:`stratified_split`).
+
+    The datasets return PIL images; give them transforms with ``data.Transformed`` or ``data.CachedImages``.
+
+    Args:
+        folder: Dataset folder.
+        val_fraction: Share of each class held out for validation when there is no validation folder.
+        seed: Seed of that split.
+
+    Returns:
+        ``{"train": dataset, "val": dataset}``, plus ``"test"`` when the folder has one; all have the
+        same ``.classes``.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist, or a class folder has no images.
+        ValueError: The layout cannot be used as it is (the message names the folder and the fix):
+            no ``train/`` beside other split folders, ``train/`` without a validation split, two folders
+            for one split, class folders that differ between splits, a single class, or a bad ``val_fraction``.
+
+    Used in: every notebook
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"No dataset folder at {folder}. Check the path, or call hymenoptera() to fetch the course data."
+        )
+    found = _split_folders(folder)
+    if not found:
+        full = image_folder(folder)
+        _check_classes(full, "all images")
+        train, val = stratified_split(full, val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                                       seed=seed)
+        return {"train": train, "val": val}
+    if "train" not in found:
+        raise ValueError(
+            f"{folder} has {', '.join(p.name + '/' for p in found.values())} but no train/ folder. "
+            "Rename the folder of training images to train/ (or move all class folders directly into "
+            f"{folder} to have them split by class)."
+        )
+    splits = {"train": image_folder(found["train"])}
+    _check_classes(splits["train"], "train")
+    if "val" in found:
+        if val_fraction is not None:
+            raise ValueError(f"val_fraction={val_fraction!r} was given, but {found['val']} already is the "
+                             "validation split. Leave val_fraction out (or remove that folder).")
+        splits["val"] = image_folder(found["val"])
+    elif val_fraction is None:
+        test_note = f" ({found['test'].name}/ is the test set and is kept apart)" if "test" in found else ""
+        raise ValueError(
+            f"{folder} has {found['train'].name}/ but no validation folder{test_note}. Choosing epochs or models "
+            "needs validation images that are neither trained on nor the test set. Fix: add a val/ folder "
+            "with the same class folders, or call find_splits(folder, val_fraction=0.2) to hold out 20% of "
+            f"each class of {found['train'].name}/."
+        )
+    else:
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction=val_fraction, seed=seed)
+    if "test" in found:
+        splits["test"] = image_folder(found["test"])
+    for name in ("val", "test"):
+        if name in splits:
+            _check_classes(_folder_of(splits[name]), name, reference=_folder_of(splits["train"]))
+    return splits
+
+
+def _folder_of(dataset: Dataset) -> ImageFolder:
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
