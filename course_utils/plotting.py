@@ -105,6 +105,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     Used in: 06_fine_tuning.ipynb
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not history:
         raise ValueError("history is empty: run fit(...) for at least one epoch first.")
@@ -115,6 +116,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
         for split in ("train", "val"):
             ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(label)
         ax.set_title(label.capitalize())
         ax.legend()

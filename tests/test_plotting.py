@@ -102,6 +102,14 @@ def test_plot_history_new_figure():
             assert list(line.get_ydata()) == [row[f"{split}_{key}"] for row in HISTORY]
 
 
+def test_plot_history_ticks_whole_epochs_only():
+    fig = plotting.plot_history(HISTORY[:2])  # two epochs: matplotlib alone would tick 1.0, 1.2, ..., 2.0
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1, 2]
+
+
 def test_plot_history_draws_into_given_axes():
     fig, axes = plt.subplots(1, 2)
     assert plotting.plot_history(HISTORY, axes=axes) is fig
