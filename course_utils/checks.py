@@ -133,7 +133,7 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: instructors' own checks (no notebook uses it yet)
+    Used in: 05_feature_extraction.ipynb
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:

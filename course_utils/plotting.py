@@ -300,7 +300,9 @@ def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=N
                label=f"lowest loss / 10 = {result['min_loss_lr'] / 10:.1e}")
     ax.axvline(result["steepest_lr"], color="C2", linestyle=":", label=f"steepest = {result['steepest_lr']:.1e}")
     ax.set_xscale("log")
-    low, high = min(result["smoothed"]), max(result["smoothed"][0], min(result["smoothed"]) * 2)
+    # The smoothed curve sets the top (a diverging loss would squash the rest); every loss fits at the bottom.
+    low = min(min(result["smoothed"]), min(result["loss"]))
+    high = max(result["smoothed"][0], min(result["smoothed"]) * 2)
     ax.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.3 * (high - low) + 1e-3)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
