@@ -67,7 +67,8 @@ def plot_image_grid(
         ValueError: ``images`` is not ``(N, 3, H, W)``, ``titles`` is not one per image, or ``axes``
             has fewer axes than there are images.
 
-    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        08_attribution_with_captum.ipynb
     """
     if not isinstance(images, torch.Tensor):
         images = torch.stack(list(images))  # a list of CHW tensors
@@ -102,7 +103,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     Returns:
         The figure.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
