@@ -180,14 +180,76 @@ def overlay_attribution(
     """
     from course_utils.plotting import show_image
 
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be one (3, H, W) tensor, got shape {tuple(image.shape)}.")
-    heat = attribution.detach().float().cpu()
-    heat = heat.abs().sum(0) if heat.dim() == 3 else heat.abs()
-    if heat.shape != image.shape[1:]:
-        raise ValueError(f"attribution is {tuple(heat.shape)} px but the image is {tuple(image.shape[1:])} px; "
-                         "upsample it first (attribute(..., method='grad_cam') already does).")
+    heat = _channel_sum(image, attribution, signed=False)
     heat = (heat / torch.quantile(heat.flatten(), 0.99).clamp_min(1e-12)).clamp(0, 1)
     ax = show_image(image, mean=mean, std=std, title=title, ax=ax)
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    return ax
+
+
+def _channel_sum(image: torch.Tensor, attribution: torch.Tensor, *, signed: bool) -> torch.Tensor:
+    """The (H, W) map to draw: the attribution summed over channels (of its absolute value unless signed)."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be one (3, H, W) tensor, got shape {tuple(image.shape)}.")
+    heat = attribution.detach().float().cpu()
+    heat = heat if signed else heat.abs()
+    heat = heat.sum(0) if heat.dim() == 3 else heat
+    if heat.shape != image.shape[1:]:
+        raise ValueError(f"attribution is {tuple(heat.shape)} px but the image is {tuple(image.shape[1:])} px; "
+                         "upsample it first (attribute(..., method='grad_cam') already does).")
+    return heat
+
+
+def overlay_signed_attribution(
+    image: torch.Tensor, attribution: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+    title: str | None = None, cmap: str = "RdBu_r", colorbar: bool = True, ax=None,
+):
+    """Draw evidence for the target in red and against it in blue over a grey copy of the image.
+
+    The map is the attribution summed over channels *with its sign*, divided by the 99th percentile of
+    its absolute value and clipped to [-1, 1]; the colour scale is centred at 0. The opacity grows with
+    the absolute value, so where there is no evidence either way the image shows through.
+
+    Args:
+        image: The normalised ``(3, H, W)`` image the model saw.
+        attribution: ``(C, H, W)`` or ``(H, W)`` signed map (Integrated Gradients, Occlusion, GradientShap,
+            Grad-CAM with ``relu_attributions=False``), same H and W as the image.
+        mean, std: The backbone's normalisation (``preprocessing.mean`` / ``.std``).
+        title: Text above the panel.
+        cmap: A diverging Matplotlib colour map (its middle colour stands for 0).
+        colorbar: Add a colour bar from "against" (-1) through 0 to "for" (+1).
+        ax: Matplotlib axes (a new figure if None).
+
+    Returns:
+        The axes.
+
+    Raises:
+        ValueError: The shapes do not fit.
+
+    Used in: 08_attribution_with_captum.ipynb
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from course_utils.data import denormalize
+
+    heat = _channel_sum(image, attribution, signed=True)
+    heat = (heat / torch.quantile(heat.abs().flatten(), 0.99).clamp_min(1e-12)).clamp(-1, 1)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.4, 3))
+    grey = denormalize(image.detach().float().cpu(), mean, std).clamp(0, 1).mean(0)
+    ax.imshow(grey.numpy(), cmap="gray", vmin=0, vmax=1)
+    norm, colours = Normalize(vmin=-1, vmax=1), plt.get_cmap(cmap)
+    rgba = colours(norm(heat.numpy()))
+    rgba[..., 3] = heat.abs().numpy() ** 0.5  # opaque where the evidence is strong
+    ax.imshow(rgba)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        bar = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, ticks=[-1, 0, 1],
+                                 fraction=0.046, pad=0.03)
+        bar.ax.set_yticklabels(["against", "0", "for"], fontsize=7)
     return ax

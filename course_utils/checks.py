@@ -133,7 +133,7 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: instructors' own checks (no notebook uses it yet)
+    Used in: 05_feature_extraction.ipynb
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -143,3 +143,64 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
     value = float(value)  # numpy scalars print as plain numbers
     if not value >= minimum:  # also fails for NaN
         raise CheckFailed(f"`{name}` is {value!r}, expected at least {minimum}. {hint}".strip())
+
+
+def _tiny_problem(batch_size: int, seed: int):
+    """48 random 6-feature points in 3 classes, a small MLP, and SGD with momentum (so stale gradients show)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs, targets = torch.randn(48, 6, generator=generator), torch.randint(0, 3, (48,), generator=generator)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, optimizer, DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
+
+
+def check_epoch_loop(func: Callable, name: str = "train_one_epoch", *, batch_size: int = 4, **kwargs: Any) -> dict:
+    """Train a tiny model for one epoch with the student's loop and compare it with a plain reference loop.
+
+    ``func(model, criterion, optimizer, loader, **kwargs)`` must put the model in train mode, run every
+    batch forward, compute the loss, clear old gradients, backpropagate, step the optimizer, and return
+    ``{"loss": mean loss per example, "acc": share of examples whose highest logit is the target}``.
+    The reference is :func:`course_utils.train.train_one_epoch` on a copy of the same model. With
+    ``accumulate=k`` in ``kwargs`` the loop may step once every ``k`` batches: the reference then uses
+    batches ``k`` times larger, which must give the same weights, loss and accuracy.
+
+    Returns:
+        What ``func`` returned.
+
+    Used in: 06_fine_tuning.ipynb
+    """
+    import copy
+
+    from course_utils.train import train_one_epoch
+
+    model, optimizer, loader = _tiny_problem(batch_size, seed=0)
+    reference, reference_optimizer, big_loader = _tiny_problem(batch_size * kwargs.get("accumulate", 1), seed=0)
+    start = copy.deepcopy(model.state_dict())
+    model.eval()  # the loop itself must switch to train mode
+    result = check_implemented(func, model, nn.CrossEntropyLoss(), optimizer, loader, **kwargs)
+    expected = train_one_epoch(reference, nn.CrossEntropyLoss(), reference_optimizer, big_loader,
+                               torch.device("cpu"), progress=False)
+    if not isinstance(result, dict) or not {"loss", "acc"} <= set(result):
+        raise CheckFailed(f"`{name}` returned {result!r}; return a dict {{'loss': ..., 'acc': ...}} with the "
+                          "mean loss per example and the accuracy over the epoch.")
+    if not model.training:
+        raise CheckFailed(f"`{name}` left the model in eval mode: call model.train() at the start of the epoch.")
+    if all(torch.equal(value, start[key]) for key, value in model.state_dict().items()):
+        raise CheckFailed(f"`{name}` did not change the weights: call loss.backward() and optimizer.step().")
+    gap = max((value - reference.state_dict()[key]).abs().max().item() for key, value in model.state_dict().items())
+    if gap > 1e-5:
+        raise CheckFailed(
+            f"After one epoch with `{name}` the weights differ from the reference loop's by up to {gap:.3g}. "
+            "Clear the gradients (optimizer.zero_grad()) before each new step's backward pass"
+            + (", divide each loss by accumulate and step once every accumulate batches" if "accumulate" in kwargs
+               else "") + "."
+        )
+    for key, hint in (("loss", "the mean of loss.item() (before any division) weighted by the batch sizes"),
+                      ("acc", "correct predictions (logits.argmax(1) == targets) over all examples")):
+        value = result[key].item() if isinstance(result[key], torch.Tensor) else result[key]
+        if not isinstance(value, numbers.Real) or abs(value - expected[key]) > 1e-5:
+            raise CheckFailed(f"`{name}` returned {key}={value!r}, expected {expected[key]:.6f}: {hint}.")
+    return result

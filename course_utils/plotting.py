@@ -67,7 +67,8 @@ def plot_image_grid(
         ValueError: ``images`` is not ``(N, 3, H, W)``, ``titles`` is not one per image, or ``axes``
             has fewer axes than there are images.
 
-    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        08_attribution_with_captum.ipynb
     """
     if not isinstance(images, torch.Tensor):
         images = torch.stack(list(images))  # a list of CHW tensors
@@ -102,9 +103,10 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     Returns:
         The figure.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not history:
         raise ValueError("history is empty: run fit(...) for at least one epoch first.")
@@ -115,6 +117,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
         for split in ("train", "val"):
             ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(label)
         ax.set_title(label.capitalize())
         ax.legend()
@@ -298,7 +301,9 @@ def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=N
                label=f"lowest loss / 10 = {result['min_loss_lr'] / 10:.1e}")
     ax.axvline(result["steepest_lr"], color="C2", linestyle=":", label=f"steepest = {result['steepest_lr']:.1e}")
     ax.set_xscale("log")
-    low, high = min(result["smoothed"]), max(result["smoothed"][0], min(result["smoothed"]) * 2)
+    # The smoothed curve sets the top (a diverging loss would squash the rest); every loss fits at the bottom.
+    low = min(min(result["smoothed"]), min(result["loss"]))
+    high = max(result["smoothed"][0], min(result["smoothed"]) * 2)
     ax.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.3 * (high - low) + 1e-3)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

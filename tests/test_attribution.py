@@ -1,5 +1,6 @@
 """attribute() over Captum methods by name: exact answers on a linear model, shapes, and bad input."""
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,4 +101,25 @@ def test_overlay_attribution_draws_image_and_heat_map():
     ax = attribution.overlay_attribution(image, attr[:1], mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.raises(ValueError, match="upsample it first"):
         attribution.overlay_attribution(image, torch.randn(1, 5, 6), mean=(0.5,) * 3, std=(0.5,) * 3)
+    plt.close("all")
+
+
+def test_overlay_signed_attribution_colours_evidence_by_sign():
+    import matplotlib.pyplot as plt
+
+    image, attr = torch.randn(3, 10, 12), torch.zeros(3, 10, 12)
+    attr[:, :5, :4] = 1.0    # evidence for the target: red, opaque
+    attr[:, 5:, 8:] = -1.0   # evidence against: blue, opaque
+    ax = attribution.overlay_signed_attribution(image, attr, mean=(0.5,) * 3, std=(0.5,) * 3, title="IG")
+    assert ax.get_title() == "IG" and len(ax.images) == 2 and len(ax.figure.axes) == 2  # image, map, colour bar
+    rgba = np.asarray(ax.images[1].get_array())
+    red, blue, nothing = rgba[0, 0], rgba[9, 11], rgba[0, 11]
+    assert red[0] > red[2] and red[3] == 1 and blue[2] > blue[0] and blue[3] == 1
+    assert nothing[3] == 0  # no evidence: the grey image shows through
+    labels = [t.get_text() for t in ax.figure.axes[1].get_yticklabels()]
+    assert labels == ["against", "0", "for"]
+    bare = attribution.overlay_signed_attribution(image, attr[0], mean=(0.5,) * 3, std=(0.5,) * 3, colorbar=False)
+    assert len(bare.figure.axes) == 1
+    with pytest.raises(ValueError, match="upsample it first"):
+        attribution.overlay_signed_attribution(image, torch.randn(1, 5, 6), mean=(0.5,) * 3, std=(0.5,) * 3)
     plt.close("all")

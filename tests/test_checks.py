@@ -159,3 +159,63 @@ def test_check_at_least():
         checks.check_at_least(torch.tensor([0.9, 0.7]), 0.8, "val_acc")
     with fails("`val_acc` is nan"):
         checks.check_at_least(float("nan"), 0.8, "val_acc")
+
+
+def _epoch(model, criterion, optimizer, loader, accumulate=1, *, clear=True, step=True, scale=True,
+           train=True, count_acc=True):
+    """A correct epoch loop with gradient accumulation; each flag breaks one part of it."""
+    if train:
+        model.train()
+    total_loss = correct = seen = 0
+    for index, (inputs, targets) in enumerate(loader):
+        logits = model(inputs)
+        loss = criterion(logits, targets)
+        (loss / accumulate if scale else loss).backward()
+        if (index + 1) % accumulate == 0:
+            if step:
+                optimizer.step()
+            if clear:
+                optimizer.zero_grad()
+        total_loss += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item() if count_acc else 0
+        seen += len(targets)
+    return {"loss": total_loss / seen, "acc": correct / seen}
+
+
+def test_check_epoch_loop_passes_a_correct_loop_and_returns_its_result():
+    result = checks.check_epoch_loop(_epoch, "my_epoch")
+    assert set(result) == {"loss", "acc"} and 0 < result["acc"] < 1
+    checks.check_epoch_loop(_epoch, "my_epoch", accumulate=2)
+    checks.check_epoch_loop(_epoch, "my_epoch", accumulate=3, batch_size=2)
+
+
+@pytest.mark.parametrize("broken, accumulate, message", [
+    ({"clear": False}, 1, "weights differ from the reference loop's"),
+    ({"scale": False}, 2, "divide each loss by accumulate"),
+    ({"step": False}, 1, "did not change the weights: call loss.backward() and optimizer.step()"),
+    ({"train": False}, 1, "left the model in eval mode"),
+    ({"count_acc": False}, 1, "returned acc=0.0, expected"),
+])
+def test_check_epoch_loop_fails_each_broken_loop(broken, accumulate, message):
+    def loop(model, criterion, optimizer, loader, **kwargs):
+        return _epoch(model, criterion, optimizer, loader, **kwargs, **broken)
+
+    with fails(message):
+        checks.check_epoch_loop(loop, "my_epoch", accumulate=accumulate)
+
+
+def test_check_epoch_loop_unfinished_or_wrong_return():
+    def unfinished(model, criterion, optimizer, loader):
+        raise NotImplementedError()
+
+    with fails("`unfinished` is not implemented yet"):
+        checks.check_epoch_loop(unfinished, "unfinished")
+    with fails("`my_epoch` returned None; return a dict"):
+        checks.check_epoch_loop(lambda *args: None, "my_epoch")
+
+    def loss_of_last_batch(model, criterion, optimizer, loader):
+        result = _epoch(model, criterion, optimizer, loader)
+        return {**result, "loss": result["loss"] * 1.5}
+
+    with fails("`my_epoch` returned loss="):
+        checks.check_epoch_loop(loss_of_last_batch, "my_epoch")

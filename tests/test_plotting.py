@@ -102,6 +102,14 @@ def test_plot_history_new_figure():
             assert list(line.get_ydata()) == [row[f"{split}_{key}"] for row in HISTORY]
 
 
+def test_plot_history_ticks_whole_epochs_only():
+    fig = plotting.plot_history(HISTORY[:2])  # two epochs: matplotlib alone would tick 1.0, 1.2, ..., 2.0
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1, 2]
+
+
 def test_plot_history_draws_into_given_axes():
     fig, axes = plt.subplots(1, 2)
     assert plotting.plot_history(HISTORY, axes=axes) is fig
@@ -111,3 +119,13 @@ def test_plot_history_draws_into_given_axes():
 def test_plot_history_rejects_an_empty_history():
     with pytest.raises(ValueError, match="history is empty"):
         plotting.plot_history([])
+
+
+def test_plot_lr_range_shows_every_loss_below_the_smoothed_curve():
+    losses = [0.7, 0.68, 0.4, 0.2, 0.15, 0.3, 2.5]   # single batches fall below the smoothed minimum
+    smoothed = [0.7, 0.69, 0.62, 0.5, 0.4, 0.37, 0.9]
+    result = {"lr": [1e-5 * 10 ** i for i in range(7)], "loss": losses, "smoothed": smoothed,
+              "min_loss_lr": 1e-0, "steepest_lr": 1e-2}
+    ax = plotting.plot_lr_range(result)
+    bottom, top = ax.get_ylim()
+    assert bottom < min(losses) and top > max(smoothed[:-1])
