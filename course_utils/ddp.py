@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     """Run one process of a distributed fine-tuning; torchrun starts one per GPU or CPU slot."""
     import torch.distributed as dist
 
-    from course_utils.data import runs_root
     from course_utils.train import atomic_save
 
     args = parse_args(argv)
@@ -320,8 +319,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
             atomic_save({"grads": grads, "state_dict": ddp_model.module.state_dict(), "history": history},
                         Path(args.report) / f"rank{ctx.rank}.pt")
         if ctx.rank == 0:
-            output = Path(args.output) if args.output else runs_root() / "ddp" / (
-                "tiny_ddp.pt" if args.tiny else f"hymenoptera_{args.backbone}_ddp.pt")
+            output = Path(args.output) if args.output else _default_output(args)
             _save(ddp_model.module, output, args, ctx, history, classes, pre)
             print(f"weights identical on all {ctx.world_size} processes: largest difference {gap:.1e}; "
                   f"best val acc {max(h['val_acc'] for h in history):.3f}; checkpoint {output}", flush=True)
@@ -331,9 +329,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         dist.destroy_process_group()
 
 
+def _default_output(args) -> Path:
+    from course_utils.data import runs_root  # imports torchvision: only when needed
+
+    return runs_root() / "ddp" / ("tiny_ddp.pt" if args.tiny else f"hymenoptera_{args.backbone}_ddp.pt")
+
+
 def _save(model: nn.Module, output: Path, args, ctx: Context, history, classes, pre) -> None:
     """Rank 0's one checkpoint: ``finetuned.save`` for a backbone, a plain payload for ``--tiny``."""
-    from course_utils import finetuned
     from course_utils.train import atomic_save
 
     info = {"strategy": f"DDP, {ctx.world_size} processes, last {args.train_stages} stages, bn {args.bn}",
@@ -341,6 +344,8 @@ def _save(model: nn.Module, output: Path, args, ctx: Context, history, classes, 
     if args.tiny:
         atomic_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **info}, output)
     else:
+        from course_utils import finetuned
+
         finetuned.save(model, output, backbone=args.backbone, classes=classes, preprocessing=pre,
                        image_size=pre.crop, **info)
 
