@@ -1,6 +1,7 @@
 """course_utils.deploy and checks.check_onnx_export, against the real exporter and the real ONNX Runtime."""
 import importlib.util
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -88,24 +89,33 @@ def test_missing_packages_name_the_extra(monkeypatch):
 
 def test_time_runs_counts_warmup_apart_and_takes_the_median(monkeypatch):
     calls, clock = [], iter([0.0, 1.0, 10.0, 13.0, 20.0, 22.0])  # runs of 1, 3 and 2 seconds
+    cpu = iter([0.0, 0.5, 5.0, 7.0, 10.0, 10.25])  # 0.5, 2 and 0.25 CPU seconds
     monkeypatch.setattr(deploy.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(deploy.time, "process_time", lambda: next(cpu))
     timing = deploy.time_runs(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and timing.runs == (1.0, 3.0, 2.0) and timing.median == 2.0
+    assert timing.cpu == (0.5, 2.0, 0.25) and timing.median_cpu == 0.5
     for bad in ({"repeats": 0}, {"warmup": -1}, {"repeats": True}):
         with pytest.raises(ValueError, match="must be a"):
             deploy.time_runs(lambda: None, **bad)
 
 
+def test_time_runs_measures_cpu_work_not_sleep():
+    timing = deploy.time_runs(lambda: time.sleep(0.05), repeats=1, warmup=0)
+    assert timing.runs[0] >= 0.05 and timing.cpu[0] < 0.04
+
+
 def test_compare_latency_rows_and_table(monkeypatch):
     seen = []
-    monkeypatch.setattr(deploy, "time_runs", lambda fn, repeats, warmup: (fn(), deploy.Timing((0.5, 0.25, 0.4)))[1])
+    monkeypatch.setattr(deploy, "time_runs",
+                        lambda fn, repeats, warmup: (fn(), deploy.Timing((0.5, 0.25, 0.4), (0.9, 0.5, 0.7)))[1])
     rows = deploy.compare_latency({"a": lambda x: seen.append(("a", len(x))), "b": lambda x: seen.append(("b", len(x)))},
                                   {1: torch.zeros(1, 3), 4: torch.zeros(4, 3)}, repeats=3)
     assert seen == [("a", 1), ("b", 1), ("a", 4), ("b", 4)]
     assert rows[3] == {"engine": "b", "batch": 4, "median_ms": 400.0, "runs_ms": [500.0, 250.0, 400.0],
-                       "images_per_s": 10.0}
+                       "images_per_s": 10.0, "cpu_ms": 700.0}
     table = deploy.format_latency_table(rows).splitlines()
-    assert len(table) == 6 and table[5] == "| b | 4 | 400.0 | 10.0 | 500.0, 250.0, 400.0 |"
+    assert len(table) == 6 and table[5] == "| b | 4 | 400.0 | 10.0 | 500.0, 250.0, 400.0 | 700.0 |"
     with pytest.raises(ValueError, match="batches\\[8\\] holds 4 images"):
         deploy.compare_latency({"a": len}, {8: torch.zeros(4, 3)})
 
