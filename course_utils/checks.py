@@ -204,3 +204,32 @@ def check_epoch_loop(func: Callable, name: str = "train_one_epoch", *, batch_siz
         if not isinstance(value, numbers.Real) or abs(value - expected[key]) > 1e-5:
             raise CheckFailed(f"`{name}` returned {key}={value!r}, expected {expected[key]:.6f}: {hint}.")
     return result
+def check_onnx_export(
+    path: Any, model: nn.Module, image_shape: Sequence[int], name: str = "onnx_path", *,
+    batch_sizes: Sequence[int] = (1, 3), atol: float = 1e-4,
+) -> None:
+    """Fail unless ``path`` is an ONNX file with a dynamic batch dimension whose ONNX Runtime output
+    matches ``model`` within ``atol`` for every batch size in ``batch_sizes``.
+
+    Used in: 10_deployment_and_scaling.ipynb
+    """
+    from pathlib import Path
+
+    from course_utils import deploy
+
+    check_answered(path, name)
+    if not Path(path).is_file():
+        raise CheckFailed(f"`{name}` is {str(path)!r}, but there is no file there: save the export with "
+                          "onnx_program.save(path).")
+    session = deploy.onnx_session(path)
+    batch = session.get_inputs()[0].shape[0]
+    if isinstance(batch, int):
+        raise CheckFailed(f"The ONNX model's batch dimension is fixed to {batch}: pass "
+                          "dynamic_shapes=({0: torch.export.Dim('batch')},) to torch.onnx.export.")
+    generator = torch.Generator().manual_seed(0)
+    for size in batch_sizes:
+        images = torch.randn(size, *image_shape, generator=generator)
+        with torch.no_grad():
+            expected = model.eval()(images)
+        check_close(deploy.run_onnx(session, images), expected, f"ONNX Runtime's output for a batch of {size}",
+                    atol=atol, hint="Export the same model, in eval mode, that you compare with.")
