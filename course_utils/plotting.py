@@ -87,7 +87,12 @@ def plot_image_grid(
     fig = flat[0].figure
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    if axes is None:  # square images: tight_layout ignores their fixed aspect, and titles overlap the row above
+        lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
+        fig.set_size_inches(fig.get_size_inches()[0], math.ceil(len(images) / ncols) * (2.6 + 0.2 * lines) + 0.5)
+        fig.set_layout_engine("constrained")
+    else:
+        fig.tight_layout()
     return fig
 
 

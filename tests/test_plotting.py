@@ -62,6 +62,18 @@ def test_plot_image_grid_new_figure():
     assert fig._suptitle.get_text() == "Batch"
 
 
+@pytest.mark.parametrize("titles, ncols", [(["ants"] * 12, 6), (["true: ants\nlens cap (0.21)"] * 8, 4)])
+def test_plot_image_grid_titles_do_not_overlap_the_row_above(titles, ncols):
+    images = torch.rand(len(titles), 3, 16, 16)
+    fig = plotting.plot_image_grid(images, mean=(0, 0, 0), std=(1, 1, 1), titles=titles, ncols=ncols, suptitle="S")
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    boxes = [(ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)) for ax in fig.axes]
+    for (above, _), (_, title) in zip(boxes, boxes[ncols:]):
+        assert title.y1 < above.y0, "a title overlaps the image above it"
+    assert max(t.y1 for _, t in boxes[:ncols]) < fig._suptitle.get_window_extent(renderer).y0
+
+
 def test_plot_image_grid_draws_into_given_axes():
     fig, axes = plt.subplots(2, 2)
     assert plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, axes=axes) is fig
