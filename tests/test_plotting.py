@@ -123,3 +123,45 @@ def test_plot_history_draws_into_given_axes():
 def test_plot_history_rejects_an_empty_history():
     with pytest.raises(ValueError, match="history is empty"):
         plotting.plot_history([])
+
+
+def test_plot_feature_overlay_lays_upsampled_maps_over_the_image():
+    image = torch.zeros(3, 16, 16)
+    activation = torch.zeros(5, 4, 4)
+    activation[3, 0, 0] = 2.0  # channel 3 responds in the top-left cell only
+    fig = plotting.plot_feature_overlay(image, activation, mean=(0.5,) * 3, std=(0.5,) * 3, channels=[3, 1], ncols=2,
+                                        title="Late")
+    first = fig.axes[0]
+    assert [ax.get_title() for ax in fig.axes] == ["ch 3", "ch 1"]
+    assert len(first.images) == 2, "the photo, then the map over it"
+    np.testing.assert_allclose(first.images[0].get_array(), np.full((16, 16, 3), 0.5), atol=1e-6)
+    heat = np.asarray(first.images[1].get_array())
+    assert heat.shape == (16, 16) and heat.max() == pytest.approx(1.0) and heat.min() == pytest.approx(0.0)
+    assert heat[:4, :4].mean() > heat[8:, 8:].mean(), "the response stays where the channel fired"
+    assert "4x4 cells upsampled to 16x16 px" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("channels, shape, message", [
+    ([5], (5, 4, 4), r"channels must be indices in \[0, 5\), got \[5\]"),
+    ([], (5, 4, 4), r"got \[\]"),
+    ([0], (4, 4), r"\(C, h, w\) activation"),
+])
+def test_plot_feature_overlay_rejects_bad_input(channels, shape, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.plot_feature_overlay(torch.zeros(3, 8, 8), torch.zeros(shape), mean=MEAN, std=STD, channels=channels)
+
+
+def test_plot_trainable_by_stage_stacks_frozen_and_trainable():
+    counts = {"stem": (0, 1_000), "block": (400_000, 600_000), "head": (2_562, 0)}
+    fig, ax = plt.subplots()
+    assert plotting.plot_trainable_by_stage(counts, title="partial", ax=ax) is ax
+    frozen, trainable = ax.containers[0], ax.containers[1]
+    assert [bar.get_height() for bar in frozen] == pytest.approx([0.001, 0.6, 0.0])
+    assert [bar.get_height() for bar in trainable] == pytest.approx([0.0, 0.4, 0.002562])
+    assert [bar.get_y() for bar in trainable] == pytest.approx([0.001, 0.6, 0.0]), "trainable sits on frozen"
+    assert ax.get_title() == "partial: 402,562 of 1,003,562 train (40.1%)"
+    assert [t.get_text() for t in ax.texts] == ["", "400.0k", "2.6k"]
+    assert ax.get_xlabel() and ax.get_ylabel() == "parameters (millions)"
+    with pytest.raises(ValueError, match="counts is empty"):
+        plotting.plot_trainable_by_stage({})
+
