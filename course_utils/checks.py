@@ -133,7 +133,7 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: instructors' own checks (no notebook uses it yet)
+    Used in: 03_out_of_the_box_inference.ipynb; instructors' own checks
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
