@@ -133,7 +133,7 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb; instructors' own checks
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -233,3 +233,37 @@ def check_onnx_export(
             expected = model.eval()(images)
         check_close(deploy.run_onnx(session, images), expected, f"ONNX Runtime's output for a batch of {size}",
                     atol=atol, hint="Export the same model, in eval mode, that you compare with.")
+def check_normalizes(transform: Any, *, mean: Sequence[float], std: Sequence[float], name: str,
+                     size: int = 64) -> None:
+    """Fail unless ``transform`` ends like the backbone expects: float pixels scaled to [0, 1], then normalised.
+
+    Sends a black and a white ``uint8`` image through it: black must become ``(0 - mean) / std`` in every
+    channel (a missing or wrong ``Normalize`` fails here), and no value may leave
+    ``[(0 - mean) / std, (1 - mean) / std]`` (pixels not scaled to [0, 1] fail here). Random crops, flips,
+    rotations and colour jitter keep a black image black, so a random pipeline passes when it ends right.
+
+    Used in: 02_data_augmentation.ipynb
+    """
+    check_answered(transform, name)
+    low = (0 - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64)
+    high = (1 - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64)
+    ending = f"End it with v2.ToDtype(torch.float32, scale=True) and v2.Normalize({list(mean)}, {list(std)})."
+    outputs = {}
+    for colour, value in (("black", 0), ("white", 255)):
+        try:
+            out = transform(torch.full((3, size, size), value, dtype=torch.uint8))
+        except Exception as err:  # noqa: BLE001 - any failure of the student's pipeline is the message
+            raise CheckFailed(f"`{name}` fails on a {colour} image: {type(err).__name__}: {err}. {ending}") from None
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() != 3 or len(out) != 3:
+            got = f"{out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise CheckFailed(f"`{name}` should return a float (3, H, W) tensor, got a {got}. {ending}")
+        outputs[colour] = out.double()
+    black = outputs["black"].mean(dim=(1, 2))
+    if (black - low).abs().max() > 1e-3:
+        raise CheckFailed(f"`{name}` turns a black image into {[round(v, 3) for v in black.tolist()]} per channel, "
+                          f"expected (0 - mean) / std = {[round(v, 3) for v in low.tolist()]}. {ending}")
+    top = outputs["white"].amax(dim=(1, 2))
+    if (top > high + 1e-3).any():
+        raise CheckFailed(f"`{name}` turns a white image into values up to {top.max().item():.3g}, expected at most "
+                          f"(1 - mean) / std = {[round(v, 3) for v in high.tolist()]}. Scale the pixels to [0, 1] "
+                          f"before normalising. {ending}")

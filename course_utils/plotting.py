@@ -88,7 +88,8 @@ def plot_image_grid(
     fig = flat[0].figure
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
+    _layout_square_panels(fig, rows=math.ceil(len(images) / ncols), cell=2.6, title_lines=lines, new=axes is None)
     return fig
 
 
@@ -189,6 +190,19 @@ def _grid(count: int, ncols: int, axes, cell: float = 1.4) -> list:
     if len(flat) < count:
         raise ValueError(f"Got {len(flat)} axes for {count} panels; pass at least {count} axes or axes=None.")
     return flat
+
+
+def _layout_square_panels(fig, *, rows: int, cell: float, title_lines: int, new: bool) -> None:
+    """Lay out a grid of square images so that no title overlaps the row above.
+
+    tight_layout ignores the fixed aspect of images, so in a figure we created we size the rows for the
+    images plus their titles and let constrained layout place them; given axes keep tight_layout.
+    """
+    if new:
+        fig.set_size_inches(fig.get_size_inches()[0], rows * (cell + 0.2 * title_lines) + 0.5)
+        fig.set_layout_engine("constrained")
+    else:
+        fig.tight_layout()
 
 
 def plot_feature_maps(
@@ -310,3 +324,99 @@ def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=N
     ax.set_title(title)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_feature_overlay(
+    image: torch.Tensor, activation: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+    channels: Sequence[int], ncols: int = 4, title: str = "Feature maps over the input", axes=None,
+):
+    """Chosen channels of a low-resolution activation, upsampled and laid over the input image.
+
+    A late block's map of 7 x 7 cells says little on its own; over the image it shows *where* the
+    channel responds. Each map is scaled to [0, 1] on its own (compare places, not strengths).
+
+    Args:
+        image: ``(3, H, W)`` normalised input the activation was computed from.
+        activation: ``(C, h, w)`` activation of one image, e.g. ``capture_activations(...)[name][0]``.
+        mean, std: Normalisation of the backbone, to show the image as a photo.
+        channels: Channel indices to draw, one panel each (e.g. the most active ones).
+        ncols: Panels per row.
+        title: Figure title.
+        axes: At least ``len(channels)`` axes (a new figure if None).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: ``image`` or ``activation`` has the wrong shape, or a channel is out of range.
+
+    Used in: 07_gradient_flow.ipynb
+    """
+    if image.dim() != 3 or image.shape[0] != 3 or activation.dim() != 3:
+        raise ValueError(f"plot_feature_overlay expects a (3, H, W) image and a (C, h, w) activation, got "
+                         f"{tuple(image.shape)} and {tuple(activation.shape)}. Pass image and activation[0].")
+    bad = [c for c in channels if not 0 <= c < activation.shape[0]]
+    if bad or not channels:
+        raise ValueError(f"channels must be indices in [0, {activation.shape[0]}), got {list(channels)}.")
+    maps = activation.detach().float().cpu()[list(channels)].unsqueeze(1)
+    maps = torch.nn.functional.interpolate(maps, size=tuple(image.shape[1:]), mode="bilinear")[:, 0]
+    low, high = maps.flatten(1).min(1).values, maps.flatten(1).max(1).values
+    maps = (maps - low.view(-1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1)
+    photo = denormalize(image.detach().float().cpu(), mean, std).permute(1, 2, 0).numpy()
+    flat = _grid(len(channels), ncols, axes, cell=2.2)
+    for i, ax in enumerate(flat):
+        ax.axis("off")
+        if i < len(channels):
+            ax.imshow(photo)
+            ax.imshow(maps[i].numpy(), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            ax.set_title(f"ch {channels[i]}", fontsize=8)
+    fig = flat[0].figure
+    fig.suptitle(f"{title} ({activation.shape[1]}x{activation.shape[2]} cells upsampled to "
+                 f"{image.shape[1]}x{image.shape[2]} px)")
+    _layout_square_panels(fig, rows=math.ceil(len(channels) / ncols), cell=2.2, title_lines=1, new=axes is None)
+    return fig
+
+
+def plot_trainable_by_stage(
+    counts: dict[str, tuple[int, int]], *, title: str = "Parameters per stage", ax=None,
+):
+    """Stacked bars per stage: trainable and frozen parameters (in millions).
+
+    Args:
+        counts: ``{stage: (trainable, frozen)}`` in the model's order, input side first.
+        title: Axes title (e.g. the freezing strategy).
+        ax: Matplotlib axes (a new figure if None).
+
+    Returns:
+        The axes.
+
+    Raises:
+        ValueError: ``counts`` is empty.
+
+    Used in: 04_model_surgery.ipynb
+    """
+    import matplotlib.pyplot as plt
+
+    if not counts:
+        raise ValueError("counts is empty: pass {stage: (trainable, frozen)} for at least one stage.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    names = list(counts)
+    trainable = [counts[n][0] / 1e6 for n in names]
+    frozen = [counts[n][1] / 1e6 for n in names]
+    ax.bar(names, frozen, color="lightgrey", label="frozen")
+    bars = ax.bar(names, trainable, bottom=frozen, color="tab:orange", label="trainable")
+    ax.bar_label(bars, labels=[_short_count(counts[n][0]) for n in names], fontsize=7, padding=2)
+    ax.set_ylim(0, 1.15 * max(t + f for t, f in zip(trainable, frozen)))
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.set_xlabel("stage (input side → head)")
+    ax.set_ylabel("parameters (millions)")
+    total, train = sum(sum(c) for c in counts.values()), sum(c[0] for c in counts.values())
+    ax.set_title(f"{title}: {train:,} of {total:,} train ({train / total:.1%})", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def _short_count(n: int) -> str:
+    """'' for 0, else 2.6k or 1.7M: the labels on the trainable bars."""
+    return "" if n == 0 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"

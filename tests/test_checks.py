@@ -219,3 +219,43 @@ def test_check_epoch_loop_unfinished_or_wrong_return():
 
     with fails("`my_epoch` returned loss="):
         checks.check_epoch_loop(loss_of_last_batch, "my_epoch")
+def _pipeline(*steps):
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(20, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ColorJitter(brightness=0.3, contrast=0.3), *steps])
+
+
+def test_check_normalizes_passes_a_random_pipeline_that_ends_right():
+    from torchvision.transforms import v2
+
+    torch.manual_seed(0)
+    for _ in range(5):  # several draws of the random transforms
+        checks.check_normalizes(_pipeline(v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, (0.2,) * 3)),
+                                mean=IMAGENET_MEAN, std=(0.2,) * 3, name="p")
+
+
+def test_check_normalizes_catches_what_a_range_check_misses():
+    from torchvision.transforms import v2
+
+    std = (0.5, 0.5, 0.5)
+    with fails("turns a black image into [0.0, 0.0, 0.0] per channel, expected (0 - mean) / std = [-1.0, -1.0, -1.0]"):
+        checks.check_normalizes(_pipeline(v2.ToDtype(torch.float32, scale=True)), mean=(0.5,) * 3, std=std, name="p")
+    with fails("expected (0 - mean) / std = [-2.425, -2.28, -2.03]"):  # the wrong statistics
+        checks.check_normalizes(_pipeline(v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.5,) * 3, std)),
+                                mean=IMAGENET_MEAN, std=(0.2,) * 3, name="p")
+    with fails("expected at most (1 - mean) / std = [1.0, 1.0, 1.0]. Scale the pixels to [0, 1]"):
+        checks.check_normalizes(_pipeline(v2.ToDtype(torch.float32), v2.Normalize((0.5,) * 3, std)),
+                                mean=(0.5,) * 3, std=std, name="p")
+
+
+def test_check_normalizes_reports_a_broken_or_missing_pipeline():
+    from torchvision.transforms import v2
+
+    with fails("`p` is still None"):
+        checks.check_normalizes(None, mean=(0.5,) * 3, std=(0.5,) * 3, name="p")
+    with fails("`p` fails on a black image: TypeError"):  # Normalize before ToDtype: uint8 input
+        checks.check_normalizes(_pipeline(v2.Normalize((0.5,) * 3, (0.5,) * 3)), mean=(0.5,) * 3, std=(0.5,) * 3,
+                                name="p")
+    with fails("should return a float (3, H, W) tensor, got a torch.uint8 tensor"):
+        checks.check_normalizes(_pipeline(), mean=(0.5,) * 3, std=(0.5,) * 3, name="p")

@@ -62,6 +62,18 @@ def test_plot_image_grid_new_figure():
     assert fig._suptitle.get_text() == "Batch"
 
 
+@pytest.mark.parametrize("titles, ncols", [(["ants"] * 12, 6), (["true: ants\nlens cap (0.21)"] * 8, 4)])
+def test_plot_image_grid_titles_do_not_overlap_the_row_above(titles, ncols):
+    images = torch.rand(len(titles), 3, 16, 16)
+    fig = plotting.plot_image_grid(images, mean=(0, 0, 0), std=(1, 1, 1), titles=titles, ncols=ncols, suptitle="S")
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    boxes = [(ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)) for ax in fig.axes]
+    for (above, _), (_, title) in zip(boxes, boxes[ncols:]):
+        assert title.y1 < above.y0, "a title overlaps the image above it"
+    assert max(t.y1 for _, t in boxes[:ncols]) < fig._suptitle.get_window_extent(renderer).y0
+
+
 def test_plot_image_grid_draws_into_given_axes():
     fig, axes = plt.subplots(2, 2)
     assert plotting.plot_image_grid(_images(4), mean=MEAN, std=STD, axes=axes) is fig
@@ -129,3 +141,43 @@ def test_plot_lr_range_shows_every_loss_below_the_smoothed_curve():
     ax = plotting.plot_lr_range(result)
     bottom, top = ax.get_ylim()
     assert bottom < min(losses) and top > max(smoothed[:-1])
+def test_plot_feature_overlay_lays_upsampled_maps_over_the_image():
+    image = torch.zeros(3, 16, 16)
+    activation = torch.zeros(5, 4, 4)
+    activation[3, 0, 0] = 2.0  # channel 3 responds in the top-left cell only
+    fig = plotting.plot_feature_overlay(image, activation, mean=(0.5,) * 3, std=(0.5,) * 3, channels=[3, 1], ncols=2,
+                                        title="Late")
+    first = fig.axes[0]
+    assert [ax.get_title() for ax in fig.axes] == ["ch 3", "ch 1"]
+    assert len(first.images) == 2, "the photo, then the map over it"
+    np.testing.assert_allclose(first.images[0].get_array(), np.full((16, 16, 3), 0.5), atol=1e-6)
+    heat = np.asarray(first.images[1].get_array())
+    assert heat.shape == (16, 16) and heat.max() == pytest.approx(1.0) and heat.min() == pytest.approx(0.0)
+    assert heat[:4, :4].mean() > heat[8:, 8:].mean(), "the response stays where the channel fired"
+    assert "4x4 cells upsampled to 16x16 px" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("channels, shape, message", [
+    ([5], (5, 4, 4), r"channels must be indices in \[0, 5\), got \[5\]"),
+    ([], (5, 4, 4), r"got \[\]"),
+    ([0], (4, 4), r"\(C, h, w\) activation"),
+])
+def test_plot_feature_overlay_rejects_bad_input(channels, shape, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.plot_feature_overlay(torch.zeros(3, 8, 8), torch.zeros(shape), mean=MEAN, std=STD, channels=channels)
+
+
+def test_plot_trainable_by_stage_stacks_frozen_and_trainable():
+    counts = {"stem": (0, 1_000), "block": (400_000, 600_000), "head": (2_562, 0)}
+    fig, ax = plt.subplots()
+    assert plotting.plot_trainable_by_stage(counts, title="partial", ax=ax) is ax
+    frozen, trainable = ax.containers[0], ax.containers[1]
+    assert [bar.get_height() for bar in frozen] == pytest.approx([0.001, 0.6, 0.0])
+    assert [bar.get_height() for bar in trainable] == pytest.approx([0.0, 0.4, 0.002562])
+    assert [bar.get_y() for bar in trainable] == pytest.approx([0.001, 0.6, 0.0]), "trainable sits on frozen"
+    assert ax.get_title() == "partial: 402,562 of 1,003,562 train (40.1%)"
+    assert [t.get_text() for t in ax.texts] == ["", "400.0k", "2.6k"]
+    assert ax.get_xlabel() and ax.get_ylabel() == "parameters (millions)"
+    with pytest.raises(ValueError, match="counts is empty"):
+        plotting.plot_trainable_by_stage({})
+
