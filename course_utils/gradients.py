@@ -1,5 +1,5 @@
 """Look inside a network while it trains: gradient norms per layer, activations of named layers,
-and the memory autograd keeps for the backward pass (their plots are in plotting.py).
+and the memory autograd keeps for the backward pass (their plots are in network_plots.py).
 
 Every hook lives in a context manager that removes it again, also when the forward pass raises.
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import gradients, plotting
+from course_utils import gradients, network_plots
 
 matplotlib.use("Agg")
 
@@ -142,17 +142,17 @@ def test_capture_activations_unknown_name_lists_valid_names(tiny_cnn):
 def test_plots_have_titles_labels_and_log_scale(tiny_cnn):
     import matplotlib.pyplot as plt
 
-    ax = plotting.plot_gradient_norms({"a": 1.0, "b": None, "c": 0.01}, label="run")
+    ax = network_plots.plot_gradient_norms({"a": 1.0, "b": None, "c": 0.01}, label="run")
     assert ax.get_yscale() == "log" and ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
-    fig = plotting.plot_feature_maps(torch.rand(5, 6, 6), count=4, ncols=2)
+    fig = network_plots.plot_feature_maps(torch.rand(5, 6, 6), count=4, ncols=2)
     assert fig._suptitle.get_text().startswith("Feature maps")
-    fig2 = plotting.plot_filters(tiny_cnn[0].weight, count=8, ncols=4, titles=list("abcdefgh"))
+    fig2 = network_plots.plot_filters(tiny_cnn[0].weight, count=8, ncols=4, titles=list("abcdefgh"))
     assert fig2.axes[0].get_title() == "a"
     with pytest.raises(ValueError, match="one title per filter"):
-        plotting.plot_filters(tiny_cnn[0].weight, count=8, titles=["x"])
+        network_plots.plot_filters(tiny_cnn[0].weight, count=8, titles=["x"])
     with pytest.raises(ValueError, match="norms is empty"):
-        plotting.plot_gradient_norms({})
+        network_plots.plot_gradient_norms({})
     plt.close("all")
 
 

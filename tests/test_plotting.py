@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_utils import plotting  # noqa: E402
+from course_utils import network_plots, plotting  # noqa: E402
 from course_utils.data import denormalize  # noqa: E402
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -145,7 +145,7 @@ def test_plot_feature_overlay_lays_upsampled_maps_over_the_image():
     image = torch.zeros(3, 16, 16)
     activation = torch.zeros(5, 4, 4)
     activation[3, 0, 0] = 2.0  # channel 3 responds in the top-left cell only
-    fig = plotting.plot_feature_overlay(image, activation, mean=(0.5,) * 3, std=(0.5,) * 3, channels=[3, 1], ncols=2,
+    fig = network_plots.plot_feature_overlay(image, activation, mean=(0.5,) * 3, std=(0.5,) * 3, channels=[3, 1], ncols=2,
                                         title="Late")
     first = fig.axes[0]
     assert [ax.get_title() for ax in fig.axes] == ["ch 3", "ch 1"]
@@ -164,13 +164,13 @@ def test_plot_feature_overlay_lays_upsampled_maps_over_the_image():
 ])
 def test_plot_feature_overlay_rejects_bad_input(channels, shape, message):
     with pytest.raises(ValueError, match=message):
-        plotting.plot_feature_overlay(torch.zeros(3, 8, 8), torch.zeros(shape), mean=MEAN, std=STD, channels=channels)
+        network_plots.plot_feature_overlay(torch.zeros(3, 8, 8), torch.zeros(shape), mean=MEAN, std=STD, channels=channels)
 
 
 def test_plot_trainable_by_stage_stacks_frozen_and_trainable():
     counts = {"stem": (0, 1_000), "block": (400_000, 600_000), "head": (2_562, 0)}
     fig, ax = plt.subplots()
-    assert plotting.plot_trainable_by_stage(counts, title="partial", ax=ax) is ax
+    assert network_plots.plot_trainable_by_stage(counts, title="partial", ax=ax) is ax
     frozen, trainable = ax.containers[0], ax.containers[1]
     assert [bar.get_height() for bar in frozen] == pytest.approx([0.001, 0.6, 0.0])
     assert [bar.get_height() for bar in trainable] == pytest.approx([0.0, 0.4, 0.002562])
@@ -179,5 +179,5 @@ def test_plot_trainable_by_stage_stacks_frozen_and_trainable():
     assert [t.get_text() for t in ax.texts] == ["", "400.0k", "2.6k"]
     assert ax.get_xlabel() and ax.get_ylabel() == "parameters (millions)"
     with pytest.raises(ValueError, match="counts is empty"):
-        plotting.plot_trainable_by_stage({})
+        network_plots.plot_trainable_by_stage({})
 
