@@ -2,21 +2,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 
-def atomic_save(payload, path: str | Path) -> Path:
-    """``torch.save(payload)`` to ``path`` atomically: a crash mid-write never leaves a broken file.
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path`` in one step.
 
-    The payload goes to a temporary file in the same folder, is flushed to the disk (``fsync``), and
-    then replaces ``path`` in one step. The file gets the permissions of any new file of the user (the
-    umask applies), like a plain ``torch.save``. This is the one place the package writes files with
-    torch (checkpoints, feature caches, models).
+    The writer inside the ``with`` block writes the whole file to the temporary path; the file is then
+    flushed to the disk (``fsync``) and renamed onto ``path``, so a crash mid-write never leaves a
+    broken file and never destroys the previous one. On an error the temporary file is removed. The file
+    gets the permissions of any new file of the user (the umask applies). This is the one place the
+    package writes files: torch files through :func:`atomic_save`, ONNX models through
+    ``deploy.save_onnx``.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb (through save_checkpoint and finetuned.save)
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 10_deployment_and_scaling.ipynb (through
+    save_checkpoint, finetuned.save and deploy.save_onnx)
     """
     import secrets
 
@@ -24,17 +30,29 @@ def atomic_save(payload, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)  # as open(): the umask decides (mkstemp would make it 0600)
+    os.close(os.open(tmp, flags, 0o666))  # as open(): the umask decides (mkstemp would make it 0600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on the disk before the new name points at them
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)  # the bytes are on the disk before the new name points at them
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def atomic_save(payload, path: str | Path) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically (see :func:`atomic_path`).
+
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb (through save_checkpoint and finetuned.save)
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

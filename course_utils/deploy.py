@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,21 +40,16 @@ def require_deploy_packages() -> dict[str, str]:
 def save_onnx(program, path: str | os.PathLike) -> Path:
     """Write what ``torch.onnx.export(..., dynamo=True)`` returned to ``path``, weights inside, atomically.
 
-    The file goes to a temporary name in the same folder first, then replaces ``path`` in one step
-    (as ``train.atomic_save`` does for torch files), so a crash never leaves half a model behind.
+    The file is written beside ``path`` and renamed onto it (``checkpoints.atomic_path``), so a crash
+    never leaves half a model behind.
 
     Used in: 10_deployment_and_scaling.ipynb
     """
+    from course_utils.checkpoints import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -181,7 +181,8 @@ def test_failed_save_keeps_the_previous_checkpoint(tiny_cnn, tmp_path, monkeypat
     good = path.read_bytes()
 
     def broken_save(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
         raise RuntimeError("disk full (test)")
 
     monkeypatch.setattr(torch, "save", broken_save)
