@@ -44,7 +44,8 @@ def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
     """Fail unless ``value == expected``, naming both.
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
-        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        10_deployment_and_scaling.ipynb
     """
     check_answered(value, name)
     if value != expected:
@@ -54,7 +55,8 @@ def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
 def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "") -> None:
     """Fail unless ``tensor`` is a tensor of shape ``expected``.
 
-    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     check_answered(tensor, name)
     if not isinstance(tensor, torch.Tensor):
@@ -68,8 +70,9 @@ def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "")
 def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hint: str = "") -> None:
     """Fail unless ``value`` equals ``expected`` within ``atol`` (numbers or tensors).
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
-        07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb
     """
     check_answered(value, name)
     actual, target = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)

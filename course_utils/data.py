@@ -44,7 +44,8 @@ def runs_root() -> Path:
     ``$COURSE_RUNS`` if set; else ``runs/`` of a source checkout (git-ignored); else
     ``~/.cache/course_utils/runs``. Kept apart from :func:`data_root` because datasets may be read-only.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb
     """
     if os.environ.get("COURSE_RUNS"):
         return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()
@@ -63,8 +64,8 @@ def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "
     and uint8 tensors.
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
-        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
     """
     from torchvision.transforms import InterpolationMode, v2
 
@@ -90,7 +91,10 @@ def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
 
 
 class Transformed(Dataset):
-    """A dataset of ``(PIL image, label)`` with a transform applied to each image on access."""
+    """A dataset of ``(PIL image, label)`` with a transform applied to each image on access.
+
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    """
 
     def __init__(self, dataset: Dataset, transform) -> None:
         self.dataset, self.transform = dataset, transform
@@ -121,8 +125,9 @@ class CachedImages(Dataset):
             :class:`Transformed` (whose transform would be ignored).
         ValueError: An image cannot be read; the message names the file.
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
-        06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:

@@ -142,7 +142,7 @@ def extract_features(
         ValueError: ``batch_size`` is not a positive integer, or the dataset is empty.
         TypeError: ``cache_dir`` is given but the dataset's files cannot be listed.
 
-    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")

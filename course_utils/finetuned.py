@@ -109,7 +109,8 @@ def load(path: str | Path | None = None) -> FineTuned:
         FileNotFoundError: No file at ``path``; the message says how to make one.
         ValueError: The file was not written by :func:`save`.
 
-    Used in: 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (through load_or_train)
+    Used in: 06_fine_tuning.ipynb; 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (through
+        load_or_train)
     """
     from course_utils.models import load_backbone, replace_head
 

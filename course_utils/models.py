@@ -43,7 +43,10 @@ class Preprocessing:
 
 
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (for example: offline)."""
+    """Pretrained weights are neither cached nor downloadable (for example: offline).
+
+    Used in: 03_out_of_the_box_inference.ipynb
+    """
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
@@ -84,7 +87,8 @@ def imagenet_classes() -> list[str]:
 
     Offline: the list ships with torchvision's weight metadata, no download needed.
 
-    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb
     """
     from torchvision.models import ResNet18_Weights
 

@@ -80,7 +80,9 @@ def accuracy_interval(
     Raises:
         ValueError: ``correct`` is empty, not 1-D, or not boolean; bad ``level`` or ``n_resamples``.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     from scipy.stats import bootstrap
 
@@ -113,7 +115,8 @@ def difference_interval(
     Raises:
         ValueError: The two do not have one entry per image each, in equal numbers.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb, 09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     from scipy.stats import bootstrap
 
@@ -140,7 +143,9 @@ def majority_baseline(labels: Sequence[int] | torch.Tensor) -> float:
     Raises:
         ValueError: ``labels`` is empty.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
     if not values:

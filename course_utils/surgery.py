@@ -142,7 +142,7 @@ def freeze_up_to(model: nn.Module, stage: str | int) -> list[str]:
     Raises:
         ValueError: Unknown stage name or index out of range.
 
-    Used in: 04_model_surgery.ipynb
+    Used in: 04_model_surgery.ipynb, 07_gradient_flow.ipynb
     """
     names, index = _stage_index(model, stage)
     unfreeze(model)
@@ -194,7 +194,7 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Number of parameters: ``{"total": ..., "trainable": ..., "frozen": ...}`` (shared ones once).
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
     trainable = frozen = 0
     for parameter in model.parameters():

@@ -179,7 +179,8 @@ def predict(
     Raises:
         ValueError: ``data_loader`` yields no batch.
 
-    Used in: 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
+    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb
     """
     from course_utils.progress import progress_bar
 

@@ -41,3 +41,27 @@ def test_no_outputs_committed(path):
     for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"cell {i} has outputs: strip them"
+
+
+def _public_definitions():
+    """``(module, name, docstring)`` of every public function and class of course_utils."""
+    import ast
+
+    for path in sorted((Path(__file__).parent.parent / "course_utils").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                yield path.stem, node.name, ast.get_docstring(node) or ""
+
+
+def test_used_in_lists_every_notebook_that_calls_the_helper():
+    code = {path.name: "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+            for path in NOTEBOOKS}
+    wrong = []
+    for module, name, doc in _public_definitions():
+        claimed = doc.partition("Used in:")[2]
+        call = re.compile(rf"\b{module}\.{name}\b|from course_utils\.{module} import[^\n]*\b{name}\b")
+        callers = sorted(notebook for notebook, source in code.items() if call.search(source))
+        missing = [n for n in callers if n not in claimed and "every notebook" not in claimed]
+        if missing:
+            wrong.append(f"{module}.{name}: add {', '.join(missing)} to its 'Used in:' line")
+    assert not wrong, "\n".join(wrong)
