@@ -196,7 +196,7 @@ def fit_distributed(
             best_state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
         if ctx.rank == 0:
             print(f"epoch {epoch}: train loss {train['loss']:.3f} acc {train['acc']:.3f} | val loss "
-                  f"{val['loss']:.3f} acc {val['acc']:.3f} | {history[-1]['seconds']:.1f} s", flush=True)
+                  f"{val['loss']:.3f} acc {val['acc']:.3f} | {1000 * history[-1]['seconds']:.0f} ms", flush=True)
     model.module.load_state_dict(best_state)
     return history
 
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         history = fit_distributed(ddp_model, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, ctx,
                                   epochs=args.epochs, scheduler=scheduler, scaler=scaler)
         gap = largest_difference_between_ranks(ddp_model.module, ctx)
+        val_total = torch.tensor(len(val_part), device=ctx.device)
+        dist.all_reduce(val_total)  # each rank evaluated its own part
         if args.report:
             grads = {n: p.grad.cpu() for n, p in ddp_model.module.named_parameters() if p.grad is not None}
             atomic_save({"grads": grads, "state_dict": ddp_model.module.state_dict(), "history": history},
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
             output = Path(args.output) if args.output else _default_output(args)
             _save(ddp_model.module, output, args, ctx, history, classes, pre)
             print(f"weights identical on all {ctx.world_size} processes: largest difference {gap:.1e}; "
-                  f"best val acc {max(h['val_acc'] for h in history):.3f}; checkpoint {output}", flush=True)
+                  f"best val acc {max(h['val_acc'] for h in history):.3f} on {val_total.item()} validation images; "
+                  f"checkpoint {output}", flush=True)
         dist.barrier()
         return history
     finally:
