@@ -75,7 +75,7 @@ def stage_features(
             need: see :func:`scenarios.top_of`). Keep them few: they are larger than pooled features.
         batch_size: Images per forward pass.
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
-            name hashes the stage names, the model's weights and the exact input tensors, so any change
+            name hashes the stage names, the model's weights, the exact input tensors and labels, so any change
             of images, transform or weights computes the features again.
 
     Returns:
@@ -105,7 +105,8 @@ def stage_features(
     labels = torch.cat(labels)
     path = None
     if cache_dir is not None:
-        key = _digest([*model.state_dict().values(), *batches], extra="|".join(stages) + "/" + "|".join(maps))
+        names = "|".join(stages) + "/" + "|".join(maps)
+        key = _digest([*model.state_dict().values(), *batches, labels], extra=names)
         path = Path(cache_dir) / f"stages-{key}.pt"
         if path.is_file():
             try:

@@ -53,6 +53,14 @@ def test_stage_features_cache_is_reused_and_keyed_by_inputs_and_weights(tiny_cnn
     assert len(list(tmp_path.glob("stages-*.pt"))) == 3 and not torch.allclose(moved["5"], first["5"])
 
 
+def test_stage_features_cache_is_keyed_by_labels(tiny_cnn, images, tmp_path):
+    probes.stage_features(tiny_cnn, images, stages=["5"], cache_dir=tmp_path)
+    relabelled = TensorImages(images.images, [2, 2, 1, 1, 0, 0, 0], images.classes)
+    _, _, labels = probes.stage_features(tiny_cnn, relabelled, stages=["5"], cache_dir=tmp_path)
+    assert labels.tolist() == [2, 2, 1, 1, 0, 0, 0], "the same images with other labels are not served the old labels"
+    assert len(list(tmp_path.glob("stages-*.pt"))) == 2
+
+
 def test_a_damaged_cache_file_is_recomputed(tiny_cnn, images, tmp_path):
     first, _, _ = probes.stage_features(tiny_cnn, images, stages=["2"], cache_dir=tmp_path)
     (path,) = tmp_path.glob("stages-*.pt")
