@@ -1,8 +1,8 @@
 """The four scenarios measured: strategies x training-set sizes x seeds on a near and a far domain.
 
 Every cell of the grid trains one strategy on a seeded, class-balanced subset of the training images and
-records, for every validation image, whether it was classified correctly. Accuracies and differences
-then get bootstrap intervals over the validation images (:func:`mean_interval`), averaged over seeds.
+records, for every validation image, whether it was classified correctly; :mod:`verdicts` turns these
+records into seed-averaged accuracies and differences with bootstrap intervals, tables and figures.
 
 Strategies (``STRATEGIES``):
 
@@ -190,7 +190,7 @@ def run_cell(
         strategy: One of ``STRATEGIES``.
         per_class: Training images per class (``None``: all of them).
         seed: Seeds the subset, the new head, the initialisation and the batches.
-        backbone: Name for :func:`models.load_backbone` (``"scratch"`` builds it with random weights).
+        backbone: Name for :func:`models.load_backbone`; the strategy ``"scratch"`` builds it with random weights.
         pretrained: The loaded ImageNet model, copied for each fine-tuning run.
         budget: How trained strategies train.
 
@@ -221,6 +221,7 @@ def run_cell(
         else:
             model = copy.deepcopy(pretrained)
         models.replace_head(model, int(domain.train_labels.max()) + 1, seed=seed)
+        surgery.unfreeze(model)
         inputs, val_inputs, network = domain.train_images, domain.val_images, model
         if strategy == "partial":
             split = surgery.stages(model)[-budget.partial_stages - 1]

@@ -102,3 +102,30 @@ def test_grid_rows_for_every_strategy(small_efficientnet, monkeypatch):
     with pytest.raises(ValueError, match="Unknown strategy 'linear'"):
         scenarios.run_cell(domain, "linear", per_class=2, seed=0, backbone="lite", pretrained=small_efficientnet,
                            budget=budget)
+
+
+@pytest.mark.parametrize(("strategy", "trainable"), [("full", "all"), ("partial", "top"), ("scratch", "all")])
+def test_trained_strategies_train_what_they_say_even_from_a_frozen_model(small_efficientnet, monkeypatch, strategy,
+                                                                         trainable):
+    """A frozen pretrained model (as after a feature-extraction cell) must not turn "full" into head only."""
+    monkeypatch.setattr(models, "load_backbone", lambda name, pretrained=True: (copy.deepcopy(small_efficientnet),
+                                                                                 None))
+    domain = small_domain(small_efficientnet)
+    budget = scenarios.Budget(steps=1, batch_size=4, partial_stages=2)
+    surgery.freeze(small_efficientnet)
+    seen = {}
+    real_finetune = scenarios.finetune
+
+    def spy(network, *args, **kwargs):
+        seen["model"] = network.model if isinstance(network, scenarios._Top) else network
+        return real_finetune(network, *args, **kwargs)
+
+    monkeypatch.setattr(scenarios, "finetune", spy)
+    scenarios.run_cell(domain, strategy, per_class=2, seed=0, backbone="lite", pretrained=small_efficientnet,
+                       budget=budget)
+    flags = {name: p.requires_grad for name, p in seen["model"].named_parameters()}
+    if trainable == "all":
+        assert all(flags.values())
+    else:
+        assert flags["classifier.weight"] and flags["bn2.weight"] and not flags["conv_stem.weight"]
+    assert not any(p.requires_grad for p in small_efficientnet.parameters()), "the pretrained model is left as it was"
