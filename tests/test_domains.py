@@ -48,7 +48,8 @@ def test_bad_arguments_name_the_value(kwargs, message):
 def test_tensor_images_and_stack_images():
     images = torch.randn(5, 3, 4, 4)
     stacked = domains.stack_images(domains.TensorImages(images, [0, 2, 1, 2, 0], ["a", "b", "c"]))
-    assert torch.equal(stacked.images, images) and stacked.targets == [0, 2, 1, 2, 0] and stacked.classes == ["a", "b", "c"]
+    assert torch.equal(stacked.images, images) and stacked.targets == [0, 2, 1, 2, 0]
+    assert stacked.classes == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\) images and N targets"):
         domains.TensorImages(torch.randn(5, 1, 4, 4), [0] * 5, ["a"])
     with pytest.raises(ValueError, match="empty"):
