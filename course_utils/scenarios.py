@@ -43,6 +43,8 @@ class Domain:
         train_maps, val_maps: ``{stage: (N, C, H, W)}`` whole outputs of the stage below the part that
             ``"partial"`` trains (``probes.stage_features(..., maps=...)``).
         last_stage, earlier_stage: The stages the two probes read.
+
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
 
     name: str
@@ -68,6 +70,8 @@ class Budget:
         lr: Learning rate per trained strategy (``"scratch"``, ``"partial"``, ``"full"``).
         weight_decay: AdamW weight decay.
         partial_stages: Stages trained by ``"partial"``, counted from the head (the head is one).
+
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
 
     steps: int = 60
