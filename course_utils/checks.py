@@ -15,7 +15,10 @@ from torch import nn
 
 
 class CheckFailed(AssertionError):
-    """An exercise answer is not right yet; the message tells the student what to fix."""
+    """An exercise answer is not right yet; the message tells the student what to fix.
+
+    Used in: 09_when_to_transfer.ipynb (a check cell raises it directly); every ``check_*`` raises it
+    """
 
 
 def check_answered(value: Any, name: str) -> Any:
@@ -45,7 +48,7 @@ def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
         04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     check_answered(value, name)
     if value != expected:
@@ -56,7 +59,7 @@ def check_shape(tensor: Any, expected: Sequence[int], name: str, hint: str = "")
     """Fail unless ``tensor`` is a tensor of shape ``expected``.
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
-        04_model_surgery.ipynb, 05_feature_extraction.ipynb
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 09_when_to_transfer.ipynb
     """
     check_answered(tensor, name)
     if not isinstance(tensor, torch.Tensor):
@@ -72,7 +75,7 @@ def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hin
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb,
-        10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     check_answered(value, name)
     actual, target = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)

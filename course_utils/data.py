@@ -45,7 +45,7 @@ def runs_root() -> Path:
     ``~/.cache/course_utils/runs``. Kept apart from :func:`data_root` because datasets may be read-only.
 
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     if os.environ.get("COURSE_RUNS"):
         return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()

@@ -29,7 +29,8 @@ def show_image(
     Raises:
         ValueError: ``image`` is not a 3-channel CHW tensor.
 
-    Used in: 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb; every image grid (through plot_image_grid)
+    Used in: 08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb,
+        10_deployment_and_scaling.ipynb; every image grid (through plot_image_grid)
     """
     import matplotlib.pyplot as plt
 

@@ -36,7 +36,7 @@ def stages(model: nn.Module) -> list[str]:
     Returns:
         Dotted names; the last one holds the head.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb
     """
     names = [name for name, _ in model.named_parameters(recurse=False)]  # ViT's cls_token, pos_embed
     for name, child in model.named_children():
@@ -160,7 +160,7 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
     Raises:
         ValueError: ``n`` is not an integer between 0 and the number of stages.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
     """
     names = stages(model)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(names):
@@ -194,7 +194,8 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Number of parameters: ``{"total": ..., "trainable": ..., "frozen": ...}`` (shared ones once).
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
+    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        09_when_to_transfer.ipynb
     """
     trainable = frozen = 0
     for parameter in model.parameters():

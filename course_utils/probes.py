@@ -1,0 +1,212 @@
+"""Features from every depth of a backbone in one forward pass, and the linear probes that test them.
+
+A *linear probe* is a linear classifier trained on frozen features: its validation accuracy says how
+much of what the task needs is already linearly available at that depth. Probing the stages of one
+network (Alain and Bengio, "Understanding intermediate layers using linear classifier probes", 2016;
+Yosinski et al., "How transferable are features in deep neural networks?", 2014) measures where its
+features stop being general and start being specific to the data it was pretrained on.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_utils.train import atomic_save
+
+
+def _digest(tensors: Iterable[torch.Tensor], *, extra: str = "") -> str:
+    """A short hash of ``extra`` and the exact bytes, shapes and dtypes of ``tensors``."""
+    digest = hashlib.blake2b(extra.encode(), digest_size=12)
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _pool(activation: torch.Tensor) -> torch.Tensor:
+    """Global average over the spatial positions of an ``(N, C, H, W)`` output; ``(N, C)`` stays as it is."""
+    return activation.float().mean(dim=(2, 3)) if activation.dim() == 4 else activation.float().flatten(1)
+
+
+def _forward_all(
+    model: nn.Module, batches: list[torch.Tensor], stages: Sequence[str], maps: Sequence[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    from course_utils.gradients import capture_activations
+
+    pooled: dict[str, list[torch.Tensor]] = {name: [] for name in stages}
+    full: dict[str, list[torch.Tensor]] = {name: [] for name in maps}
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_activations(model, list(dict.fromkeys([*stages, *maps]))) as outputs, torch.inference_mode():
+            for images in batches:
+                model(images.contiguous(memory_format=torch.channels_last))
+                for name in stages:
+                    pooled[name].append(_pool(outputs[name]).cpu())
+                for name in maps:
+                    full[name].append(outputs[name].float().cpu().contiguous())
+    finally:
+        model.train(was_training)
+    # Outside inference mode: cat makes ordinary tensors that can feed a trainable head.
+    return ({name: torch.cat(chunks).clone() for name, chunks in pooled.items()},
+            {name: torch.cat(chunks).clone() for name, chunks in full.items()})
+
+
+def stage_features(
+    model: nn.Module, dataset, *, stages: Sequence[str], maps: Sequence[str] = (), batch_size: int = 64,
+    cache_dir=None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """Globally average-pooled outputs of several stages, from one forward pass per image, optionally cached.
+
+    Forward hooks (:func:`gradients.capture_activations`, removed afterwards) record each stage's output
+    while the model runs in eval mode under ``torch.inference_mode``; each ``(N, C, H, W)`` output is
+    averaged over its positions to ``(N, C)``.
+
+    Args:
+        model: Any network; its mode is restored afterwards.
+        dataset: Yields ``(image_tensor, label)``, already transformed (no random augmentation).
+        stages: Dotted module names, e.g. from ``surgery.stages(model)`` (leave out the head).
+        maps: Stages whose whole ``(N, C, H, W)`` output is kept as well (what the layers after them
+            need: see :func:`scenarios.top_of`). Keep them few: they are larger than pooled features.
+        batch_size: Images per forward pass.
+        cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
+            name hashes the stage names, the model's weights, the exact input tensors and labels, so any change
+            of images, transform or weights computes the features again.
+
+    Returns:
+        ``(pooled, maps, labels)``: ``{stage: (N, C)}`` float32, ``{stage: (N, C, H, W)}`` float32 for the
+        stages in ``maps``, and ``(N,)`` int64 labels.
+
+    Raises:
+        ValueError: ``stages`` is empty, a stage is not a submodule, ``batch_size`` is not a positive
+            integer, or the dataset is empty.
+
+    Used in: 09_when_to_transfer.ipynb
+    """
+    from torch.utils.data import DataLoader
+
+    stages = [stages] if isinstance(stages, str) else list(stages)
+    maps = [maps] if isinstance(maps, str) else list(maps)
+    if not stages:
+        raise ValueError("stages is empty: pass module names such as surgery.stages(model)[:-1].")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: nothing to extract features from.")
+    batches, labels = [], []
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batches.append(images)
+        labels.append(torch.as_tensor(targets).long())
+    labels = torch.cat(labels)
+    path = None
+    if cache_dir is not None:
+        names = "|".join(stages) + "/" + "|".join(maps)
+        key = _digest([*model.state_dict().values(), *batches, labels], extra=names)
+        path = Path(cache_dir) / f"stages-{key}.pt"
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True)
+                return cached["pooled"], cached["maps"], cached["labels"]
+            except Exception:  # noqa: BLE001 - a damaged cache file is computed again and overwritten
+                pass
+    pooled, full = _forward_all(model, batches, stages, maps)
+    if path is not None:
+        atomic_save({"pooled": pooled, "maps": full, "labels": labels}, path)
+    return pooled, full, labels
+
+
+def per_class_subset(labels: torch.Tensor | Sequence[int], per_class: int | None, *, seed: int) -> torch.Tensor:
+    """Indices of ``per_class`` randomly drawn items of every class (all items when ``per_class`` is None).
+
+    The draw depends only on ``seed``, ``labels`` and ``per_class``; the indices come back sorted.
+
+    Raises:
+        ValueError: ``per_class`` is not a positive integer, or a class has fewer items than that.
+
+    Used in: 09_when_to_transfer.ipynb
+    """
+    labels = torch.as_tensor(labels).long()
+    if per_class is None:
+        return torch.arange(len(labels))
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer (or None for all), got {per_class!r}.")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        if len(members) < per_class:
+            raise ValueError(f"Class {label} has only {len(members)} items, fewer than per_class={per_class}; "
+                             f"use at most {len(members)} or None for all.")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def linear_probe(
+    train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor, *,
+    c: float = 1.0, seed: int = 0,
+) -> torch.Tensor:
+    """Predictions of a standardised logistic regression trained on frozen features.
+
+    scikit-learn's ``StandardScaler`` then ``LogisticRegression(C=c)`` (L2 penalty, lbfgs); ``c`` is the
+    inverse regularisation strength.
+
+    Returns:
+        ``(N_val,)`` int64 predicted class indices.
+
+    Raises:
+        ValueError: The feature dimensions differ or the label count does not match.
+
+    Used in: 09_when_to_transfer.ipynb
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if train_features.dim() != 2 or val_features.dim() != 2 or train_features.shape[1] != val_features.shape[1]:
+        raise ValueError(f"Features must be (N, D) with the same D, got {tuple(train_features.shape)} and "
+                         f"{tuple(val_features.shape)}.")
+    if len(train_features) != len(train_labels):
+        raise ValueError(f"{len(train_features)} training features but {len(train_labels)} labels.")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    probe.fit(train_features.numpy(), torch.as_tensor(train_labels).numpy())
+    return torch.as_tensor(probe.predict(val_features.numpy())).long()
+
+
+def choose_stage(
+    features: dict[str, torch.Tensor], labels: torch.Tensor, *, candidates: Sequence[str], seed: int = 0,
+) -> tuple[str, dict[str, float]]:
+    """The stage whose linear probe scores best on a held-out third of the *training* images.
+
+    Choosing a stage by its validation accuracy would make that accuracy look better than it is; this
+    holds out a class-balanced third of the training set instead (:func:`per_class_subset`), fits a probe
+    per candidate on the rest and scores it there.
+
+    Args:
+        features: ``{stage: (N, C)}`` training features (from :func:`stage_features`).
+        labels: ``(N,)`` training labels.
+        candidates: The stages to choose from.
+        seed: Seeds the held-out draw.
+
+    Returns:
+        ``(best stage, {stage: held-out accuracy})``.
+
+    Raises:
+        ValueError: ``candidates`` is empty or names a stage missing from ``features``.
+
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    """
+    missing = [stage for stage in candidates if stage not in features]
+    if not candidates or missing:
+        raise ValueError(f"candidates must name stages of features ({', '.join(features)}); got {list(candidates)}.")
+    labels = torch.as_tensor(labels).long()
+    held_out = per_class_subset(labels, (torch.bincount(labels).min().item() + 2) // 3, seed=seed)
+    fit = torch.ones(len(labels), dtype=torch.bool)
+    fit[held_out] = False
+    scores = {stage: (linear_probe(features[stage][fit], labels[fit], features[stage][held_out], seed=seed)
+                      == labels[held_out]).float().mean().item() for stage in candidates}
+    return max(scores, key=scores.get), scores
