@@ -281,6 +281,40 @@ def other_errors(executed, name):
             if c.cell_type == "code" and errors(c) and not c.metadata.get("nbgrader")]
 
 
+def skipped_in_student_run(cell) -> bool:
+    """A long demonstration that no check needs, marked so in the cell's metadata (see CONTRIBUTING.md)."""
+    return cell.get("metadata", {}).get("course_utils", {}).get("student_run") == "skip"
+
+
+def cells_the_checks_need(nb):
+    """The notebook up to its last graded check cell, without the cells marked as skipped in student runs.
+
+    Cells after the last check cannot change whether a check fails; a skipped cell that a check needs shows
+    up as that check failing with NameError instead of CheckFailed, which ``wrong_failures`` reports.
+    """
+    graded = [i for i, cell in enumerate(nb.cells) if cell.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    if graded:
+        nb.cells = [cell for cell in nb.cells[:graded[-1] + 1] if not skipped_in_student_run(cell)]
+    return nb
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_skipped_in_student_runs_are_plain_code_cells(path):
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if skipped_in_student_run(cell):
+            assert cell.cell_type == "code" and not cell.metadata.get("nbgrader"), (
+                f"{path.name} cell {index}: only ordinary code cells may be skipped in student runs")
+
+
+def test_student_run_drops_cells_after_the_last_check_and_skipped_cells():
+    nb = nbformat.from_dict(exercise_notebook())
+    last = max(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade"))
+    nb.cells.append(nbformat.v4.new_code_cell("after_the_last_check = 1"))
+    nb.cells.insert(1, nbformat.v4.new_code_cell("expensive = 1", metadata={"course_utils": {"student_run": "skip"}}))
+    kept = cells_the_checks_need(nb).cells
+    assert len(kept) == last + 1 and all(c.source not in ("expensive = 1", "after_the_last_check = 1") for c in kept)
+
+
 def test_student_version_of_a_tiny_notebook_fails_its_checks_with_checkfailed(tmp_path):
     nb = exercise_notebook()
     instructor = execute(nbformat.from_dict(nb), tmp_path)
@@ -305,7 +339,7 @@ def test_student_version_checks_fail_with_checkfailed(path, tmp_path, hymenopter
     student = tmp_path / path.name
     student.write_text(assignments.serialise(assignments.student_notebook(
         assignments.read_notebook(path), name=path.name)[0]), encoding="utf-8")
-    executed = execute(nbformat.read(student, as_version=4), cwd=path.parent)
+    executed = execute(cells_the_checks_need(nbformat.read(student, as_version=4)), cwd=path.parent)
     graded = [c for c in executed.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert graded, f"{path.name} has no graded check cells: nothing to test"
     wrong = wrong_failures(executed, path.name)
