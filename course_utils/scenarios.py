@@ -249,9 +249,9 @@ def run_grid(
 
     Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
-    from tqdm.auto import tqdm
+    from course_utils.progress import progress_bar
 
     budget = budget or Budget()
     cells = [(d, s, n, seed) for d in domains for s in strategies for n in sizes for seed in seeds]
     return [run_cell(d, s, per_class=n, seed=seed, backbone=backbone, pretrained=pretrained, budget=budget)
-            for d, s, n, seed in tqdm(cells, desc="grid", leave=False, disable=not progress)]
+            for d, s, n, seed in progress_bar(cells, desc="grid", disable=not progress)]
