@@ -315,6 +315,7 @@ def test_student_run_drops_cells_after_the_last_check_and_skipped_cells():
     assert len(kept) == last + 1 and all(c.source not in ("expensive = 1", "after_the_last_check = 1") for c in kept)
 
 
+@pytest.mark.student_notebooks
 def test_student_version_of_a_tiny_notebook_fails_its_checks_with_checkfailed(tmp_path):
     nb = exercise_notebook()
     instructor = execute(nbformat.from_dict(nb), tmp_path)
