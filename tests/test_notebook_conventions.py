@@ -65,3 +65,67 @@ def test_used_in_lists_every_notebook_that_calls_the_helper():
         if missing:
             wrong.append(f"{module}.{name}: add {', '.join(missing)} to its 'Used in:' line")
     assert not wrong, "\n".join(wrong)
+
+
+def _installed_closure(requirements: list[str]) -> set[str]:
+    """Normalised names of the distributions these requirements install, with their dependencies."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+
+    def requires(name, extra):
+        if norm(name) == norm(project["name"]):  # this checkout's pyproject, not an older installed copy
+            return project["dependencies"] if not extra else project["optional-dependencies"][extra]
+        texts = [Requirement(t) for t in metadata.requires(name) or []]
+        return [str(r) for r in texts if r.marker is None or r.marker.evaluate({"extra": extra})]
+
+    seen, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        for extra in ["", *req.extras]:
+            key = (norm(req.name), extra)
+            if key not in seen:
+                seen.add(key)
+                todo += [Requirement(text) for text in requires(req.name, extra)]
+    return {name for name, _ in seen}
+
+
+def test_a_make_lab_install_has_every_package_a_notebook_imports():
+    """What `make lab` installs (the base dependencies and the `lab` extra) covers every notebook's imports,
+    so a student who installed once can run every notebook offline."""
+    import sys
+    from importlib import metadata
+
+    available = _installed_closure(["course-utils[lab]"])
+    modules = metadata.packages_distributions()
+    missing = set()
+    for path in NOTEBOOKS:
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        for top in re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", code, flags=re.M):
+            if top in sys.stdlib_module_names or top == "course_utils":
+                continue
+            dists = {re.sub(r"[-_.]+", "-", d).lower() for d in modules.get(top, [top])}
+            if not dists & available:
+                missing.add(f"{path.name}: {top}")
+    assert not missing, f"not installed by `make lab` (pyproject's lab extra): {sorted(missing)}"
+
+
+def test_make_lab_installs_the_extras_of_notebooks_09_and_10():
+    """Notebook 10 runs ONNX Runtime through course_utils.deploy and 09 imports Optuna: students get both."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    available = _installed_closure(["course-utils[lab]"])
+    for extra in ("deploy", "tuning"):
+        names = {re.sub(r"[-_.]+", "-", Requirement(r).name).lower() for r in extras[extra]}
+        assert names <= available, f"the lab extra lacks {sorted(names - available)} of the {extra!r} extra"
