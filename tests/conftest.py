@@ -49,3 +49,14 @@ def hymenoptera_folder() -> Path:
     if not folder.is_dir():
         pytest.skip(f"hymenoptera dataset not found at {folder}; set COURSE_DATA")
     return folder
+
+
+@pytest.fixture(scope="session")
+def eurosat_folder() -> Path:
+    """The real EuroSAT RGB folder (``eurosat/2750``) under the data root; skips when absent."""
+    from course_utils.data import data_root
+
+    folder = data_root() / "eurosat" / "2750"
+    if not folder.is_dir():
+        pytest.skip(f"EuroSAT not found at {folder}; set COURSE_DATA")
+    return folder
