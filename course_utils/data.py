@@ -44,9 +44,15 @@ def runs_root() -> Path:
     ``$COURSE_RUNS`` if set; else ``runs/`` of a source checkout (git-ignored); else
     ``~/.cache/course_utils/runs``. Kept apart from :func:`data_root` because datasets may be read-only.
 
+    Under ``nbgrader autograde`` (which sets ``NBGRADER_EXECUTION=autograde``) it is ``runs/`` inside the
+    submission's own folder, whatever ``$COURSE_RUNS`` says: one student's saved model must never be graded
+    in another student's notebook, so each graded run sees only the files it wrote itself.
+
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
         09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
+    if os.environ.get("NBGRADER_EXECUTION") == "autograde":  # nbgrader runs each submission in its own folder
+        return Path.cwd().resolve() / "runs"
     if os.environ.get("COURSE_RUNS"):
         return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()
     checkout = Path(__file__).resolve().parent.parent
