@@ -91,7 +91,7 @@ def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hin
 def check_head(model: Any, num_classes: int, name: str = "model") -> None:
     """Fail unless the model's last ``nn.Linear`` has ``num_classes`` outputs.
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb
     """
     from course_utils.models import get_head
 

@@ -115,8 +115,9 @@ def difference_interval(
     Raises:
         ValueError: The two do not have one entry per image each, in equal numbers.
 
-    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb,
-        06_fine_tuning.ipynb, 09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
+        05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
     """
     from scipy.stats import bootstrap
 

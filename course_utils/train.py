@@ -37,7 +37,7 @@ def select_device(preferred: str | torch.device | None = None) -> torch.device:
     Raises:
         ValueError: ``preferred`` is not a device name, or that device is not available here.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: every notebook
     """
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if preferred is None:
