@@ -88,7 +88,7 @@ def _short_list(names: Sequence[str], limit: int = 25) -> str:
 def record_gradient_norms(
     model: nn.Module, batches: Iterable, *, steps: int, criterion: nn.Module,
     optimizer: torch.optim.Optimizer | None = None, groups: Sequence[str] | None = None,
-    relative: bool = False,
+    relative: bool = False, amp: bool = False,
 ) -> list[dict]:
     """Run ``steps`` training steps and record the gradient norms after each backward pass.
 
@@ -102,6 +102,8 @@ def record_gradient_norms(
         criterion: Loss function, for example ``nn.CrossEntropyLoss()``.
         optimizer: Stepped after each backward; None records gradients without changing the weights.
         groups, relative: As in :func:`gradient_norms`.
+        amp: Mixed precision on CUDA (``torch.autocast`` with bfloat16, which needs no loss scaling, so
+            the recorded gradients are the true ones); ignored on other devices.
 
     Returns:
         One dict per step: ``{"step": i, "loss": float, "norms": {name: norm or None}}``.
@@ -124,7 +126,9 @@ def record_gradient_norms(
             raise ValueError("batches is empty: pass a DataLoader or a list of (images, targets).")
         images, targets = batch
         model.zero_grad(set_to_none=True)
-        loss = criterion(model(images), targets)
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16,
+                            enabled=amp and images.device.type == "cuda"):
+            loss = criterion(model(images), targets)
         loss.backward()
         history.append({"step": step, "loss": loss.item(),
                         "norms": gradient_norms(model, groups=groups, relative=relative)})

@@ -82,6 +82,16 @@ def test_record_gradient_norms_without_optimizer_keeps_weights(tiny_cnn):
     assert history[0]["norms"] == pytest.approx(history[1]["norms"], rel=1e-6)  # same batch, same weights
 
 
+def test_record_gradient_norms_amp_is_ignored_off_cuda(tiny_cnn):
+    import copy
+
+    batches = [(torch.randn(2, 3, 12, 12), torch.tensor([3, 4]))]
+    twin = copy.deepcopy(tiny_cnn)
+    plain = gradients.record_gradient_norms(tiny_cnn, batches, steps=1, criterion=nn.CrossEntropyLoss())
+    mixed = gradients.record_gradient_norms(twin, batches, steps=1, criterion=nn.CrossEntropyLoss(), amp=True)
+    assert mixed[0]["loss"] == plain[0]["loss"] and mixed[0]["norms"] == plain[0]["norms"]
+
+
 @pytest.mark.parametrize("steps", [0, 1.5, True])
 def test_record_gradient_norms_rejects_bad_steps(tiny_cnn, steps):
     with pytest.raises(ValueError, match="steps must be a positive integer"):
