@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 METHODS = ("saliency", "integrated_gradients", "smoothgrad", "gradient_shap", "occlusion", "grad_cam")
+IG_STEP_CANDIDATES = (4, 8, 16, 32, 64)  # numbers of Integrated Gradients steps notebook 08's exercise 2 chooses from
 
 
 def attribute(
@@ -34,6 +35,7 @@ def attribute(
       bilinearly to the image size and returned as ``(1, H, W)``.
 
     The model must be in eval mode (BatchNorm would otherwise use the statistics of the perturbed batch).
+    The image is moved to the model's device (e.g. a GPU) and the map comes back on the image's device.
 
     Args:
         model: A classifier returning logits ``(N, classes)``.
@@ -54,28 +56,35 @@ def attribute(
     Used in: 08_attribution_with_captum.ipynb
     """
     _check_arguments(model, inputs, method, return_delta)
-    x = inputs.detach().unsqueeze(0).to(memory_format=torch.channels_last).requires_grad_(True)
+    device = next((p.device for p in model.parameters()), inputs.device)
+    x = inputs.detach().unsqueeze(0).to(device, memory_format=torch.channels_last).requires_grad_(True)
     base = _as_batch(baselines, x)
     if method == "integrated_gradients":
         result = _integrated_gradients(model, x, target, base, return_delta, kwargs)
-        return (result[0][0], result[1].item()) if return_delta else result[0]
+        ig, delta = result if return_delta else (result, None)
+        ig = ig[0].detach().to(inputs.device)
+        return (ig, delta.item()) if return_delta else ig
+    return _attribute_other(model, x, target, base, method, kwargs)[0].detach().to(inputs.device)
+
+
+def _attribute_other(model, x, target, base, method, kwargs):
     if method == "saliency":
         from captum.attr import Saliency
 
         kwargs.setdefault("abs", True)
-        return Saliency(model).attribute(x, target=target, **kwargs)[0]
+        return Saliency(model).attribute(x, target=target, **kwargs)
     if method == "smoothgrad":
-        return _smoothgrad(model, x, target, base, kwargs)[0]
+        return _smoothgrad(model, x, target, base, kwargs)
     if method == "gradient_shap":
         from captum.attr import GradientShap
 
         if base is None:
             base = torch.stack([torch.full_like(x[0], x.min().item()), torch.full_like(x[0], x.max().item())])
         kwargs.setdefault("n_samples", 10)
-        return GradientShap(model).attribute(x, baselines=base, target=target, **kwargs)[0]
+        return GradientShap(model).attribute(x, baselines=base, target=target, **kwargs)
     if method == "occlusion":
-        return _occlusion(model, x, target, base, kwargs)[0]
-    return _grad_cam(model, x, target, kwargs)[0]
+        return _occlusion(model, x, target, base, kwargs)
+    return _grad_cam(model, x, target, kwargs)
 
 
 def _check_arguments(model: nn.Module, inputs: torch.Tensor, method: str, return_delta: bool) -> None:

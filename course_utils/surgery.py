@@ -160,7 +160,8 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
     Raises:
         ValueError: ``n`` is not an integer between 0 and the number of stages.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
+        10_deployment_and_scaling.ipynb (its DDP script)
     """
     names = stages(model)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(names):

@@ -101,7 +101,7 @@ def train_one_epoch(
     Raises:
         ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb
+    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
     from course_utils.progress import progress_bar
     from course_utils.surgery import eval_frozen_batchnorm
@@ -148,7 +148,8 @@ def evaluate(
     Raises:
         ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
 
-    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
+        10_deployment_and_scaling.ipynb (its DDP script)
     """
     from course_utils.progress import progress_bar
 

@@ -1,92 +1,104 @@
-"""course_utils.ddp: two real processes started by torchrun compute the gradient of the whole batch and
-stay in sync; the hymenoptera path writes a model that finetuned.load can rebuild."""
+"""Notebook 10's DDP script (its `%%writefile` cell), run for real: two processes started by torchrun take
+the steps of one process on the whole global batch and stay in sync; the image-folder path writes a model
+that finetuned.load rebuilds."""
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
-from course_utils import ddp, finetuned
-from course_utils.surgery import eval_frozen_batchnorm
+from course_utils import finetuned, train
 
 ROOT = Path(__file__).resolve().parent.parent
-LR, WEIGHT_DECAY = 0.05, 0.01
-
-
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2 -m course_utils.ddp ARGS`` (``python -m torch.distributed.run``
-    is what the ``torchrun`` command runs), with this checkout importable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "course_utils.ddp", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+NOTEBOOK = ROOT / "notebooks" / "10_deployment_and_scaling.ipynb"
+LR, WEIGHT_DECAY, EPOCHS, BATCH = 0.05, 0.01, 2, 4
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """One epoch of the tiny model on two CPU processes: 16 training images, 8 per process, one step."""
+def script(tmp_path_factory) -> Path:
+    """The script exactly as notebook 10 writes it: the body of its `%%writefile` cell."""
+    cells = [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
+             if c.cell_type == "code" and c.source.startswith("%%writefile")]
+    assert len(cells) == 1, "notebook 10 should write exactly one script with %%writefile"
+    path = tmp_path_factory.mktemp("script") / "ddp_train.py"
+    path.write_text(cells[0].split("\n", 1)[1])
+    return path
+
+
+@pytest.fixture(scope="module")
+def module(script):
+    spec = importlib.util.spec_from_file_location("ddp_train", script)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def two_process_run(script, tmp_path_factory):
+    """Two epochs of the tiny model on two CPU processes: 8 of the 16 training images each, 2 steps per epoch."""
     folder = tmp_path_factory.mktemp("ddp")
-    result = torchrun("--tiny", "--cpu", "--epochs", "1", "--batch-size", "8", "--lr", str(LR),
-                      "--weight-decay", str(WEIGHT_DECAY), "--output", str(folder / "tiny.pt"),
-                      "--report", str(folder), cwd=folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--tiny", "--cpu", "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR),
+               "--weight-decay", str(WEIGHT_DECAY), "--output", str(folder / "tiny.pt")]
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    return result, ranks, folder
+    return result, folder
 
 
-def single_process_step():
-    """The same model, one AdamW step on all 16 training images in one batch, in one process."""
-    model = ddp.tiny_model(seed=0)
+def one_process_reference(module):
+    """The same training in one process: each step on the union of both ranks' batches (the global batch)."""
+    model, train_set, _ = module.tiny_problem(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.requires_grad_(False)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.requires_grad_(False)  # what --bn frozen (the default) does
-    model.train()
-    eval_frozen_batchnorm(model)
-    train_set, _ = ddp.tiny_datasets(seed=0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
     images, labels = train_set.tensors
-    nn.functional.cross_entropy(model(images), labels).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    ddp.build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY).step()
-    return grads, model.state_dict(), initial
+    losses = []
+    for epoch in range(1, EPOCHS + 1):
+        shards = []
+        for rank in (0, 1):
+            sampler = DistributedSampler(train_set, num_replicas=2, rank=rank, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        steps = [[i for shard in shards for i in shard[s:s + BATCH]] for s in range(0, len(shards[0]), BATCH)]
+        batches = [(images[idx], labels[idx]) for idx in steps]
+        losses.append(train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, batches, "cpu",
+                                            progress=False)["loss"])
+        scheduler.step()
+    return model.state_dict(), initial, losses
 
 
-def test_two_ranks_average_to_the_full_batch_gradient(two_process_run):
-    _, ranks, _ = two_process_run
-    full_batch, _, _ = single_process_step()
-    assert set(full_batch) == {"3.weight", "3.bias", "8.weight", "8.bias"}, "only the unfrozen conv and head train"
-    for rank, report in enumerate(ranks):
-        assert set(report["grads"]) == set(full_batch), f"rank {rank}: frozen parameters must get no gradient"
-        for name, grad in full_batch.items():
-            torch.testing.assert_close(report["grads"][name], grad, atol=1e-6, rtol=1e-5, msg=f"rank {rank} {name}")
-
-
-def test_ranks_stay_in_sync_and_take_the_single_process_step(two_process_run):
-    result, ranks, _ = two_process_run
-    _, stepped, initial = single_process_step()
-    for name, tensor in ranks[0]["state_dict"].items():
-        assert torch.equal(tensor, ranks[1]["state_dict"][name]), f"{name} differs between the ranks"
-        torch.testing.assert_close(tensor, stepped[name], atol=1e-6, rtol=1e-5, msg=name)
-    for name in ("0.weight", "1.weight", "1.running_mean", "4.running_var"):  # frozen conv and BatchNorms
-        assert torch.equal(ranks[0]["state_dict"][name], initial[name]), f"frozen {name} changed"
-    assert not torch.equal(ranks[0]["state_dict"]["8.weight"], initial["8.weight"]), "the head must have trained"
-    assert "weights identical on all 2 processes: largest difference 0.0e+00" in result.stdout
-
-
-def test_rank_zero_writes_one_checkpoint_with_the_fit_history(two_process_run):
-    _, ranks, folder = two_process_run
-    assert sorted(p.name for p in folder.iterdir()) == ["rank0.pt", "rank1.pt", "tiny.pt"]  # no temporary files
+def test_two_processes_take_the_steps_of_one_process_on_the_global_batch(two_process_run, module):
+    _, folder = two_process_run
     saved = torch.load(folder / "tiny.pt", weights_only=True)
-    assert [sorted(h) for h in saved["history"]] == [
-        ["epoch", "seconds", "train_acc", "train_loss", "val_acc", "val_loss"]]
-    def measured(history):  # the seconds are each process's own clock
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-    assert measured(saved["history"]) == measured(ranks[0]["history"]) == measured(ranks[1]["history"])
-    assert all(torch.equal(saved["state_dict"][k], v) for k, v in ranks[0]["state_dict"].items())
+    expected, initial, losses = one_process_reference(module)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved["state_dict"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    for name in ("0.weight", "1.weight", "1.running_mean", "4.running_var"):  # frozen conv and BatchNorms
+        assert torch.equal(saved["state_dict"][name], initial[name]), f"frozen {name} changed"
+    assert not torch.equal(saved["state_dict"]["8.weight"], initial["8.weight"]), "the head must have trained"
+    # The printed training loss is the mean over both processes' images, as one process would compute it.
+    assert [h["train_loss"] for h in saved["history"]] == pytest.approx(losses, rel=1e-5)
+
+
+def test_processes_stay_in_sync_and_rank_zero_writes_one_checkpoint(two_process_run):
+    result, folder = two_process_run
+    assert "largest weight difference between the processes: 0.0e+00" in result.stdout
+    assert "2 processes (gloo), 8 training images and 4 per step each, 8 per step in all" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny.pt"]  # no temporary or per-rank files
+    saved = torch.load(folder / "tiny.pt", weights_only=True)
+    assert [h["epoch"] for h in saved["history"]] == [1, 2]
+    assert saved["val_acc"] == saved["history"][-1]["val_acc"]
 
 
 def free_port() -> int:
@@ -95,46 +107,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_hymenoptera_path_in_one_process_saves_a_loadable_model(tiny_dataset, tmp_path, monkeypatch):
-    """The real (non-tiny) path, as one process of one: backbone, image folders, finetuned.save."""
+def test_image_folder_path_in_one_process_saves_a_loadable_model(module, tiny_dataset, tmp_path, monkeypatch):
+    """The real (non-tiny) path as one process of one: backbone, image folders, finetuned.save."""
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
     output = tmp_path / "model.pt"
-    history = ddp.main(["--cpu", "--data", str(tiny_dataset), "--epochs", "2", "--batch-size", "6",
-                        "--image-size", "32", "--train-stages", "1", "--output", str(output)])
-    assert [h["epoch"] for h in history] == [1, 2]
+    history = module.main(["--cpu", "--data", str(tiny_dataset), "--epochs", "1", "--batch-size", "6",
+                           "--train-stages", "1", "--output", str(output)])
     loaded = finetuned.load(output)
-    assert loaded.classes == ["cats", "dogs", "owls"] and loaded.preprocessing.crop == 32
-    assert loaded.info["history"] == history and loaded.info["val_acc"] == max(h["val_acc"] for h in history)
-    assert loaded.model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-
-
-def test_started_without_torchrun_says_how_to_start(monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(RuntimeError, match="start this script with torchrun"):
-        ddp.init_distributed(cpu=True)
-
-
-def test_sync_batchnorm_on_cpu_and_nothing_trainable_are_refused():
-    cpu = ddp.Context(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")
-    with pytest.raises(ValueError, match="SyncBatchNorm\\) works only on CUDA"):
-        ddp.wrap(ddp.tiny_model(), cpu, bn="sync")
-    with pytest.raises(ValueError, match="bn must be one of \\('frozen', 'train', 'sync'\\), got 'off'"):
-        ddp.wrap(ddp.tiny_model(), cpu, bn="off")
-    with pytest.raises(ValueError, match="no trainable parameter"):
-        ddp.wrap(ddp.tiny_model().requires_grad_(False), cpu, bn="train")
-
-
-def test_validation_shards_cover_every_image_once():
-    items = list(range(10))
-    parts = [list(ddp.val_shard(items, ddp.Context(r, 3, torch.device("cpu"), "gloo"))) for r in range(3)]
-    assert sorted(sum(parts, [])) == items and [len(p) for p in parts] == [4, 3, 3]
-    with pytest.raises(ValueError, match="2 validation images cannot be shared by 3 processes"):
-        ddp.val_shard([0, 1], ddp.Context(0, 3, torch.device("cpu"), "gloo"))
-
-
-def test_bad_command_line_values_are_refused(capsys):
-    with pytest.raises(SystemExit):
-        ddp.parse_args(["--epochs", "0"])
-    assert "--epochs and --batch-size must be positive, got 0 and 16" in capsys.readouterr().err
+    assert loaded.classes == ["cats", "dogs", "owls"]
+    assert loaded.info["history"] == history and loaded.info["val_acc"] == history[-1]["val_acc"]
+    assert loaded.model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
