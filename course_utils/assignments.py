@@ -33,6 +33,17 @@ _MARKER = re.compile(r"(?P<indent>[ \t]*)# (?P<kind>BEGIN|END) (?P<region>SOLUTI
 _LOOKALIKE = re.compile(r"(BEGIN|END) (SOLUTION|HIDDEN TESTS)")
 ANSWER_METADATA = {"grade": False, "locked": False, "schema_version": 3, "solution": True, "task": False}
 CHECK_METADATA = {"grade": True, "locked": True, "schema_version": 3, "solution": False, "task": False}
+# A written answer: a markdown cell the instructor grades by hand (nbgrader's "manually graded answer").
+WRITTEN_METADATA = {"grade": True, "locked": False, "schema_version": 3, "solution": True, "task": False}
+TEXT_STUB = "YOUR ANSWER HERE"  # what replaces a written answer in the student version (nbgrader's text stub)
+
+
+def is_written_answer(cell: Any) -> bool:
+    """True for a markdown cell marked as an nbgrader solution: a written answer, graded by hand.
+
+    Used in: every notebook's exercises (through ``release`` and the exports)
+    """
+    return cell.get("cell_type") == "markdown" and bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution"))
 
 
 def parse_marker(line: str, *, where: str, number: int) -> tuple[str, str, str] | None:
@@ -120,8 +131,10 @@ def cell_label(notebook: str, index: int, cell: Any) -> str:
 def student_notebook(nb: Any, *, name: str = "notebook") -> tuple[Any, Counter]:
     """The student version of a notebook (a copy), and the number of regions of each kind it changed.
 
+    A written answer (:func:`is_written_answer`) becomes ``TEXT_STUB`` as a whole, as nbgrader does.
+
     Raises:
-        ValueError: Bad markers (see :func:`clear_source`), or an nbgrader solution cell without a
+        ValueError: Bad markers (see :func:`clear_source`), or an nbgrader solution code cell without a
             solution region, whose answer would be published as it is.
 
     Used in: every notebook's exercises (through ``release``)
@@ -133,7 +146,9 @@ def student_notebook(nb: Any, *, name: str = "notebook") -> tuple[Any, Counter]:
         if cell.cell_type == "code":
             cell.source, found = _transform(cell.source, where=where)
             cell.outputs, cell.execution_count = [], None
-        if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and not found["SOLUTION"]:
+        elif is_written_answer(cell):
+            cell.source, found = TEXT_STUB, Counter(WRITTEN=1)
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and not found["SOLUTION"] + found["WRITTEN"]:
             raise ValueError(
                 f"{where} is an nbgrader solution cell without a `# BEGIN SOLUTION` / `# END SOLUTION` region, "
                 "so its answer would be published. Put the answer between the markers in a code cell."
@@ -206,7 +221,9 @@ def validate(path: str | Path) -> list[str]:
     """Problems with one notebook's exercises (empty when it is fine).
 
     Every notebook needs at least two answer cells and two graded check cells with the metadata of
-    CONTRIBUTING.md (schema_version 3), unique grade_ids, and markers that ``release`` accepts.
+    CONTRIBUTING.md (schema_version 3), unique grade_ids, and markers that ``release`` accepts. Written
+    answers (markdown, graded by hand) need ``WRITTEN_METADATA`` and positive points; they do not count
+    towards the two exercises.
 
     Used in: instructors' release of the coursework (``python -m course_utils.assignments validate``)
     """
@@ -218,7 +235,11 @@ def validate(path: str | Path) -> list[str]:
         if meta is None:
             continue
         seen[meta.get("grade_id")] += 1
-        if meta.get("solution"):
+        if is_written_answer(cell):
+            problems += _metadata_problems(where, meta, WRITTEN_METADATA)
+            if not isinstance(meta.get("points"), (int, float)) or meta.get("points") <= 0:
+                problems.append(f"{where}: a written answer needs positive nbgrader points, got {meta.get('points')!r}")
+        elif meta.get("solution"):
             answers += 1
             problems += _metadata_problems(where, meta, ANSWER_METADATA)
         elif meta.get("grade"):
@@ -247,7 +268,7 @@ def _marker_problems(nb: Any, name: str) -> list[str]:
             except ValueError as error:
                 problems.append(str(error))
                 continue
-        if meta.get("solution") and not found["SOLUTION"]:
+        if meta.get("solution") and not found["SOLUTION"] and not is_written_answer(cell):
             problems.append(f"{where}: a solution cell needs a `# BEGIN SOLUTION` / `# END SOLUTION` region")
         if found["SOLUTION"] and not meta.get("solution"):
             problems.append(f"{where}: has a solution region but is not an nbgrader solution cell")

@@ -231,6 +231,37 @@ def copy_split_folder(parts: dict, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def eurosat_capstone_folder(folder: str | os.PathLike, *, train: int = 60, val: int = 20, test: int = 20) -> Path:
+    """The capstone part of the EuroSAT split (100 images per class) copied to ``folder/{train,val,test}/<class>``.
+
+    The part's file lists are in shuffled order, so the first ``train`` images of each class go to
+    ``train/``, the next ``val`` to ``val/`` and the next ``test`` to ``test/``. The dataset itself is only read.
+
+    Raises:
+        ValueError: The three counts are not positive or add up to more than the part holds.
+
+    Used in: 11_your_own_images.ipynb
+    """
+    from torch.utils.data import Subset
+
+    from course_utils import eurosat
+
+    size = eurosat.split_lists()["sizes"]["capstone"]
+    counts = {"train": train, "val": val, "test": test}
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts.values()) or sum(counts.values()) > size:
+        raise ValueError(f"train, val and test must be positive integers adding up to at most {size} (the capstone "
+                         f"images per class), got {counts}.")
+    capstone = eurosat.splits(per_class={"capstone": size})["capstone"]
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(capstone.targets):
+        by_class[label].append(index)
+    parts, start = {}, 0
+    for part, count in counts.items():
+        parts[part] = Subset(capstone, [i for members in by_class.values() for i in members[start:start + count]])
+        start += count
+    return copy_split_folder(parts, folder)
+
+
 def holdout_splits(folder: str | os.PathLike, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
                    seed: int = 0) -> dict:
     """Train, validation and test datasets of a folder; a test set is held out when the folder has none.

@@ -17,7 +17,8 @@ from torch import nn
 class CheckFailed(AssertionError):
     """An exercise answer is not right yet; the message tells the student what to fix.
 
-    Used in: 09_when_to_transfer.ipynb (a check cell raises it directly); every ``check_*`` raises it
+    Used in: 09_when_to_transfer.ipynb (a check cell raises it directly); every ``check_*`` raises it,
+        11_your_own_images.ipynb
     """
 
 
@@ -75,7 +76,7 @@ def check_close(value: Any, expected: Any, name: str, *, atol: float = 1e-4, hin
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     check_answered(value, name)
     actual, target = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
@@ -139,7 +140,8 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb; instructors' own checks
+    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb; instructors' own checks,
+        11_your_own_images.ipynb
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:

@@ -49,7 +49,7 @@ def runs_root() -> Path:
     in another student's notebook, so each graded run sees only the files it wrote itself.
 
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     if os.environ.get("NBGRADER_EXECUTION") == "autograde":  # nbgrader runs each submission in its own folder
         return Path.cwd().resolve() / "runs"
@@ -71,7 +71,7 @@ def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
         04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from torchvision.transforms import InterpolationMode, v2
 
@@ -133,7 +133,7 @@ class CachedImages(Dataset):
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:
@@ -179,7 +179,7 @@ def image_files(dataset: Dataset) -> list[tuple[str, int]]:
     Raises:
         TypeError: The dataset does not come from image files (e.g. a ``TensorDataset``).
 
-    Used in: 05_feature_extraction.ipynb (through ``features.extract_features``)
+    Used in: 05_feature_extraction.ipynb (through ``features.extract_features``); 11_your_own_images.ipynb
     """
     if isinstance(dataset, Subset):
         inner = image_files(dataset.dataset)

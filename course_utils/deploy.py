@@ -43,7 +43,7 @@ def save_onnx(program, path: str | os.PathLike) -> Path:
     The file is written beside ``path`` and renamed onto it (``checkpoints.atomic_path``), so a crash
     never leaves half a model behind.
 
-    Used in: 10_deployment_and_scaling.ipynb
+    Used in: 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from course_utils.checkpoints import atomic_path
 
@@ -66,7 +66,7 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
         FileNotFoundError: No file at ``path``.
         ValueError: ``threads`` is not a positive integer.
 
-    Used in: 10_deployment_and_scaling.ipynb
+    Used in: 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     require_deploy_packages()
     import onnxruntime
@@ -85,7 +85,7 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
 def run_onnx(session, images: torch.Tensor) -> torch.Tensor:
     """The session's first output for a batch of images (float32, any memory layout), as a tensor.
 
-    Used in: 10_deployment_and_scaling.ipynb
+    Used in: 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     feed = {session.get_inputs()[0].name: images.detach().float().contiguous().cpu().numpy()}
     return torch.from_numpy(session.run(None, feed)[0])

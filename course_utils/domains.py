@@ -110,7 +110,7 @@ def stack_images(dataset) -> TensorImages:
     Raises:
         ValueError: The dataset is empty.
 
-    Used in: 09_when_to_transfer.ipynb (through hymenoptera_images)
+    Used in: 09_when_to_transfer.ipynb (through hymenoptera_images); 11_your_own_images.ipynb
     """
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: nothing to stack.")

@@ -27,6 +27,7 @@ c = get_config()  # noqa: F821 (nbgrader defines get_config)
 c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
 c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.ClearSolutions.code_stub = {{"python": {_STUB!r}}}
+c.ClearSolutions.text_stub = {assignments.TEXT_STUB!r}  # replaces a written answer (a markdown solution cell)
 c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
 

@@ -12,6 +12,8 @@ Each exercise becomes one question, derived from the exercise convention (CONTRI
 - prompt: the markdown cell just before the answer cell;
 - solution: the answer cell; its ``# BEGIN SOLUTION`` region becomes ``# BEGIN SOLUTION NO PROMPT`` plus
   an otter prompt block holding the same stub as our student version (``raise NotImplementedError()``);
+- a written answer (a markdown solution cell that nbgrader grades by hand) becomes a manually graded
+  question (``manual: true``) whose solution is that cell;
 - tests: otter's exception-based tests (``tests: ok_format: false``), because check cells pass by not
   raising and may print anything. The check cell's code becomes the body of a test function whose
   parameters are the notebook variables it reads; without its hidden region it is the public test, with
@@ -42,6 +44,7 @@ generate: true
 tests:
   ok_format: false"""
 QUESTION_CONFIG = "# BEGIN QUESTION\nname: {name}\npoints: {points}\nall_or_nothing: true"
+MANUAL_CONFIG = "# BEGIN QUESTION\nname: {name}\npoints: {points}\nmanual: true"  # a written answer, graded by hand
 # Lines that otter-assign treats specially, which our notebooks must not contain by accident.
 _OTTER_SYNTAX = re.compile(r".*#\s*(SEED|IGNORE|END IGNORE|BEGIN PROMPT|END PROMPT)\s*$|\s*#\s*BEGIN\s*IGNORE")
 _OTTER_SOLUTION = re.compile(r".* ?# ?SOLUTION")  # otter rewrites such lines in answer cells
@@ -165,7 +168,11 @@ def _questions(nb: Any, *, name: str) -> list[tuple[int, list[int], int]]:
     questions, answers, after_check = [], [], 0
     for index, cell in enumerate(nb.cells):
         meta = _nbgrader(cell)
-        if meta.get("solution"):
+        if assignments.is_written_answer(cell) and not answers:   # its own manually graded question
+            prompt = index - 1 >= after_check and nb.cells[index - 1].cell_type == "markdown"
+            questions.append((index - 1 if prompt else index, [index], index))
+            after_check = index + 1
+        elif meta.get("solution"):
             answers.append(index)
         elif meta.get("grade"):
             first = answers[0] if answers else index
@@ -197,6 +204,10 @@ def _question_cells(nb: Any, question: tuple[int, list[int], int], *, name: str)
     if not isinstance(points, (int, float)) or points <= 0:
         raise ValueError(f"{assignments.cell_label(name, check_index, check)}: a check cell needs positive nbgrader "
                          f"points, got {points!r}. Run `python -m course_utils.assignments validate`.")
+    if assignments.is_written_answer(check):
+        return [_raw(MANUAL_CONFIG.format(name=qname, points=points)),
+                *(copy.deepcopy(nb.cells[index]) for index in range(first, check_index)),
+                _raw("# BEGIN SOLUTION"), copy.deepcopy(check), _raw("# END SOLUTION"), _raw("# END QUESTION")]
     cells = [_raw(QUESTION_CONFIG.format(name=qname, points=points))]
     for index in range(first, check_index):
         cell = copy.deepcopy(nb.cells[index])

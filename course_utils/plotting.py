@@ -30,7 +30,7 @@ def show_image(
         ValueError: ``image`` is not a 3-channel CHW tensor.
 
     Used in: 08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb,
-        10_deployment_and_scaling.ipynb; every image grid (through plot_image_grid)
+        10_deployment_and_scaling.ipynb; every image grid (through plot_image_grid); 11_your_own_images.ipynb
     """
     import matplotlib.pyplot as plt
 

@@ -86,7 +86,7 @@ def stage_features(
         ValueError: ``stages`` is empty, a stage is not a submodule, ``batch_size`` is not a positive
             integer, or the dataset is empty.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from torch.utils.data import DataLoader
 
@@ -161,7 +161,7 @@ def linear_probe(
     Raises:
         ValueError: The feature dimensions differ or the label count does not match.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

@@ -71,7 +71,7 @@ class Budget:
         weight_decay: AdamW weight decay.
         partial_stages: Stages trained by ``"partial"``, counted from the head (the head is one).
 
-    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py, 11_your_own_images.ipynb
     """
 
     steps: int = 60
@@ -105,7 +105,7 @@ def finetune(
     Raises:
         ValueError: ``steps`` or ``batch_size`` is not a positive integer, or nothing is trainable.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
@@ -155,7 +155,7 @@ def top_of(model: nn.Module, stage: str) -> nn.Module:
         TypeError: ``model`` is not a timm EfficientNet.
         ValueError: ``stage`` is not one of its stages below the head.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     if not all(hasattr(model, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")):
         raise TypeError(f"top_of needs a timm EfficientNet (such as load_backbone('efficientnet_lite0')), got "
@@ -172,7 +172,7 @@ def top_of(model: nn.Module, stage: str) -> nn.Module:
 def predict_images(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
     """Predicted class of every image (eval mode, no gradients) as an ``(N,)`` int64 tensor.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from torch.utils.data import DataLoader, TensorDataset
 

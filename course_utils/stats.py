@@ -82,7 +82,7 @@ def accuracy_interval(
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from scipy.stats import bootstrap
 
@@ -117,7 +117,7 @@ def difference_interval(
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from scipy.stats import bootstrap
 

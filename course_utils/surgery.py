@@ -36,7 +36,8 @@ def stages(model: nn.Module) -> list[str]:
     Returns:
         Dotted names; the last one holds the head.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb,
+        11_your_own_images.ipynb
     """
     names = [name for name, _ in model.named_parameters(recurse=False)]  # ViT's cls_token, pos_embed
     for name, child in model.named_children():
@@ -161,7 +162,7 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
         ValueError: ``n`` is not an integer between 0 and the number of stages.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
-        10_deployment_and_scaling.ipynb (its DDP script)
+        10_deployment_and_scaling.ipynb (its DDP script); 11_your_own_images.ipynb
     """
     names = stages(model)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(names):
@@ -196,7 +197,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     """Number of parameters: ``{"total": ..., "trainable": ..., "frozen": ...}`` (shared ones once).
 
     Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        09_when_to_transfer.ipynb
+        09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     trainable = frozen = 0
     for parameter in model.parameters():

@@ -181,7 +181,7 @@ def predict(
         ValueError: ``data_loader`` yields no batch.
 
     Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        10_deployment_and_scaling.ipynb
+        10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from course_utils.progress import progress_bar
 
