@@ -1,12 +1,13 @@
 """The full grid of notebook 09: every strategy, training-set size and seed on the near and the far domain.
 
-Notebook 09 runs the part of this grid that fits its time on 2 CPU cores (the probes at every size, partial
-fine-tuning with one seed, scratch and full fine-tuning on the digits at the smallest size). This script runs
-all of it with the same images, features, budget and validation sets, prints a Markdown table of accuracies
+Notebook 09 writes the grid's loop out and runs the part of it that fits its time on 2 CPU cores (the probes
+at every size, partial fine-tuning with one seed, scratch and full fine-tuning on EuroSAT at the smallest
+size). This script runs all of it through ``scenarios.run_grid`` (the same loop, which the notebook checks
+against its own on one cell) with the same images, features, budget and validation sets, prints a Markdown table of accuracies
 (seed-averaged, 95% bootstrap intervals over the validation images, the seeds' range) and the paired
 differences behind each rule of thumb, and writes both to ``--output``.
 
-Run: ``python benchmarks/transfer_scenarios.py [--seeds 3] [--threads N] [--output FILE]``.
+Run: ``python benchmarks/transfer_scenarios.py [--seeds 3] [--threads N] [--device cuda] [--output FILE]``.
 Features are cached under ``data.runs_root()``, shared with the notebook.
 """
 from __future__ import annotations
@@ -18,27 +19,27 @@ from pathlib import Path
 
 import torch
 
-from course_utils import data, domains, models, probes, scenarios, stats, surgery, verdicts
+from course_utils import data, domains, models, probes, scenarios, stats, surgery, train, verdicts
 
-BACKBONE, NEAR_SIZE, FAR_SIZE = "efficientnet_lite0", 128, 32  # as in notebook 09
-NEAR, FAR = "ants/bees (near)", "digits (far)"
+BACKBONE, SIZE, EUROSAT_PER_CLASS = "efficientnet_lite0", 96, {"train": 100, "val": 50}  # as in notebook 09
+NEAR, FAR = "ants/bees (near)", "EuroSAT (far)"
 SIZES = [5, 20, 80, None]
 RULES = [("head: earlier", "head: last"), ("head: last", "partial"), ("head: last", "full"),
          ("partial", "scratch"), ("full", "scratch")]
 
 
 def build_domains(
-    model: torch.nn.Module, pre: models.Preprocessing, budget: scenarios.Budget,
+    model: torch.nn.Module, pre: models.Preprocessing, budget: scenarios.Budget, device: torch.device,
 ) -> list[scenarios.Domain]:
     """Both domains with their cached stage features, the earlier stage chosen on training data (as in 09)."""
     stages = surgery.stages(model)[1:-1]
     split = surgery.stages(model)[-budget.partial_stages - 1]
-    splits = {NEAR: domains.hymenoptera_images(size=NEAR_SIZE, preprocessing=pre),
-              FAR: domains.digits_splits(size=FAR_SIZE, mean=pre.mean, std=pre.std)}
+    splits = {NEAR: domains.hymenoptera_images(size=SIZE, preprocessing=pre),
+              FAR: domains.eurosat_images(size=SIZE, preprocessing=pre, per_class=EUROSAT_PER_CLASS)}
     built = []
     for name, split_sets in splits.items():
         (train_x, train_maps, train_y), (val_x, val_maps, val_y) = (
-            probes.stage_features(model, split_sets[part], stages=stages, maps=[split],
+            probes.stage_features(model, split_sets[part], stages=stages, maps=[split], device=device,
                                   cache_dir=data.runs_root() / "stage_features") for part in ("train", "val"))
         earlier, _ = probes.choose_stage(train_x, train_y, candidates=stages[:stages.index("conv_head")])
         built.append(scenarios.Domain(name, split_sets["train"].images, train_y, split_sets["val"].images, val_y,
@@ -71,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the fastest available)")
     parser.add_argument("--output", type=Path, default=None,
                         help="default: <runs_root>/benchmarks/transfer_scenarios.md")
     args = parser.parse_args()
@@ -78,13 +80,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     output = args.output or data.runs_root() / "benchmarks" / "transfer_scenarios.md"
     start, cpu_start = time.perf_counter(), time.process_time()
+    device = train.select_device(args.device)
     model, pre = models.load_backbone(BACKBONE)
     budget = scenarios.Budget()
-    built = build_domains(model, pre, budget)
+    built = build_domains(model, pre, budget, device)
     rows = scenarios.run_grid(built, strategies=scenarios.STRATEGIES, sizes=SIZES, seeds=list(range(args.seeds)),
-                              backbone=BACKBONE, pretrained=model, budget=budget)
-    header = (f"Transfer scenarios, {BACKBONE}, ants/bees at {NEAR_SIZE} px, digits at {FAR_SIZE} px, {args.seeds} "
-              f"seeds, {budget}; {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+                              backbone=BACKBONE, pretrained=model, budget=budget, device=device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
+    header = (f"Transfer scenarios, {BACKBONE}, ants/bees and EuroSAT at {SIZE} px, {args.seeds} seeds, {budget}; "
+              f"{device.type} ({where}), torch {torch.__version__}, "
               f"{platform.machine()}; {time.perf_counter() - start:.0f} s wall, "
               f"{time.process_time() - cpu_start:.0f} s CPU")
     text = report(rows, built, header)

@@ -140,8 +140,8 @@ def check_at_least(value: Any, minimum: float, name: str, hint: str = "") -> Non
 
     A one-element tensor counts as its number.
 
-    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb; instructors' own checks,
-        11_your_own_images.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb, 09_when_to_transfer.ipynb;
+        instructors' own checks, 11_your_own_images.ipynb
     """
     check_answered(value, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1:

@@ -34,18 +34,18 @@ def _pool(activation: torch.Tensor) -> torch.Tensor:
 
 
 def _forward_all(
-    model: nn.Module, batches: list[torch.Tensor], stages: Sequence[str], maps: Sequence[str],
+    model: nn.Module, batches: list[torch.Tensor], stages: Sequence[str], maps: Sequence[str], device: torch.device,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from course_utils.gradients import capture_activations
 
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name in stages}
     full: dict[str, list[torch.Tensor]] = {name: [] for name in maps}
     was_training = model.training
-    model.eval()
+    model.eval().to(device)
     try:
         with capture_activations(model, list(dict.fromkeys([*stages, *maps]))) as outputs, torch.inference_mode():
             for images in batches:
-                model(images.contiguous(memory_format=torch.channels_last))
+                model(images.to(device).contiguous(memory_format=torch.channels_last))
                 for name in stages:
                     pooled[name].append(_pool(outputs[name]).cpu())
                 for name in maps:
@@ -59,7 +59,7 @@ def _forward_all(
 
 def stage_features(
     model: nn.Module, dataset, *, stages: Sequence[str], maps: Sequence[str] = (), batch_size: int = 64,
-    cache_dir=None,
+    cache_dir=None, device: torch.device | str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Globally average-pooled outputs of several stages, from one forward pass per image, optionally cached.
 
@@ -77,6 +77,7 @@ def stage_features(
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
             name hashes the stage names, the model's weights, the exact input tensors and labels, so any change
             of images, transform or weights computes the features again.
+        device: Where the model runs (``None``: :func:`train.select_device`); it is moved there.
 
     Returns:
         ``(pooled, maps, labels)``: ``{stage: (N, C)}`` float32, ``{stage: (N, C, H, W)}`` float32 for the
@@ -90,6 +91,9 @@ def stage_features(
     """
     from torch.utils.data import DataLoader
 
+    from course_utils.train import select_device
+
+    device = select_device(device)
     stages = [stages] if isinstance(stages, str) else list(stages)
     maps = [maps] if isinstance(maps, str) else list(maps)
     if not stages:
@@ -114,7 +118,7 @@ def stage_features(
                 return cached["pooled"], cached["maps"], cached["labels"]
             except Exception:  # noqa: BLE001 - a damaged cache file is computed again and overwritten
                 pass
-    pooled, full = _forward_all(model, batches, stages, maps)
+    pooled, full = _forward_all(model, batches, stages, maps, device)
     if path is not None:
         atomic_save({"pooled": pooled, "maps": full, "labels": labels}, path)
     return pooled, full, labels

@@ -1,6 +1,8 @@
 """The four scenarios measured: strategies x training-set sizes x seeds on a near and a far domain.
 
-Every cell of the grid trains one strategy on a seeded, class-balanced subset of the training images and
+Notebook 09 writes the grid's loop out (for each domain, size, strategy and seed: build, train, evaluate,
+record); :func:`run_cell` and :func:`run_grid` are that loop packaged for ``benchmarks/transfer_scenarios.py``,
+and the notebook checks that :func:`run_cell` reproduces one of its own cells. Every cell of the grid trains one strategy on a seeded, class-balanced subset of the training images and
 records, for every validation image, whether it was classified correctly; :mod:`verdicts` turns these
 records into seed-averaged accuracies and differences with bootstrap intervals, tables and figures.
 
@@ -83,7 +85,7 @@ class Budget:
 
 def finetune(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, lr: float, weight_decay: float, steps: int,
-    batch_size: int, seed: int,
+    batch_size: int, seed: int, device: torch.device | str | None = None,
 ) -> nn.Module:
     """Train the parameters of ``model`` that require gradients for exactly ``steps`` AdamW steps.
 
@@ -98,9 +100,10 @@ def finetune(
         steps: Optimizer steps, whatever the number of inputs.
         batch_size: Inputs per step (all of them when there are fewer).
         seed: Seeds the batches and dropout; the global random state is restored afterwards.
+        device: Where to train (``None``: :func:`train.select_device`); on CUDA with mixed precision.
 
     Returns:
-        ``model``, trained, in eval mode.
+        ``model``, trained, in eval mode, on ``device``.
 
     Raises:
         ValueError: ``steps`` or ``batch_size`` is not a positive integer, or nothing is trainable.
@@ -120,16 +123,21 @@ def finetune(
     batch = min(batch_size, len(inputs))
     dataset = TensorDataset(inputs, labels)
     sampler = RandomSampler(dataset, num_samples=steps * batch, generator=torch.Generator().manual_seed(seed))
+    device = train.select_device(device)
+    model.to(device)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, DataLoader(dataset, batch_size=batch,
-                              sampler=sampler), torch.device("cpu"), progress=False)
+                              sampler=sampler), device, scaler=scaler, progress=False)
     return model.eval()
 
 
 class _Top(nn.Module):
     """The layers of a timm EfficientNet after one stage: ``top(output of that stage) == model(images)``."""
+
+    takes_images = False  # it reads a stage's cached maps: models.check_images leaves its inputs alone
 
     def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
         super().__init__()
@@ -169,23 +177,28 @@ def top_of(model: nn.Module, stage: str) -> nn.Module:
     return _Top(model, [module for _, module in sequence[names.index(stage) + 1:]])
 
 
-def predict_images(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-    """Predicted class of every image (eval mode, no gradients) as an ``(N,)`` int64 tensor.
+def predict_images(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 128, device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Predicted class of every image (eval mode, no gradients) as an ``(N,)`` int64 tensor on the CPU.
+
+    ``device``: where the model runs (``None``: :func:`train.select_device`); the model is moved there.
 
     Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from course_utils.train import predict
+    from course_utils.train import predict, select_device
 
+    device = select_device(device)
     dataset = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-    logits, _ = predict(model, DataLoader(dataset, batch_size=batch_size))
+    logits, _ = predict(model.to(device), DataLoader(dataset, batch_size=batch_size), device)
     return logits.argmax(1)
 
 
 def run_cell(
     domain: Domain, strategy: str, *, per_class: int | None, seed: int, backbone: str, pretrained: nn.Module,
-    budget: Budget,
+    budget: Budget, device: torch.device | str | None = None,
 ) -> dict:
     """Train one strategy on one seeded subset of ``domain`` and score every validation image.
 
@@ -197,6 +210,7 @@ def run_cell(
         backbone: Name for :func:`models.load_backbone`; the strategy ``"scratch"`` builds it with random weights.
         pretrained: The loaded ImageNet model, copied for each fine-tuning run.
         budget: How trained strategies train.
+        device: Where trained strategies train (``None``: :func:`train.select_device`).
 
     Returns:
         ``{"domain", "strategy", "per_class", "n_train", "seed", "correct", "seconds"}``; ``correct`` is a
@@ -205,7 +219,7 @@ def run_cell(
     Raises:
         ValueError: ``strategy`` is not one of ``STRATEGIES``.
 
-    Used in: 09_when_to_transfer.ipynb (through run_grid)
+    Used in: 09_when_to_transfer.ipynb
     """
     from course_utils import models, probes, surgery
 
@@ -232,8 +246,8 @@ def run_cell(
             inputs, val_inputs, network = domain.train_maps[split], domain.val_maps[split], top_of(model, split)
             surgery.unfreeze_last(model, budget.partial_stages)
         finetune(network, inputs[index], labels, lr=budget.lr[strategy], weight_decay=budget.weight_decay,
-                 steps=budget.steps, batch_size=budget.batch_size, seed=seed)
-        predicted = predict_images(network, val_inputs)
+                 steps=budget.steps, batch_size=budget.batch_size, seed=seed, device=device)
+        predicted = predict_images(network, val_inputs, device=device)
     return {"domain": domain.name, "strategy": strategy, "per_class": per_class, "n_train": len(index),
             "seed": seed, "correct": predicted == domain.val_labels, "seconds": time.perf_counter() - start}
 
@@ -241,17 +255,18 @@ def run_cell(
 def run_grid(
     domains: Sequence[Domain], *, strategies: Sequence[str], sizes: Sequence[int | None], seeds: Sequence[int],
     backbone: str, pretrained: nn.Module, budget: Budget | None = None, progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> list[dict]:
     """:func:`run_cell` for every domain, strategy, size and seed; one row per cell.
 
     With ``per_class=None`` the subset is the whole training set, so only the training itself depends
     on the seed there.
 
-    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    Used in: benchmarks/transfer_scenarios.py
     """
     from course_utils.progress import progress_bar
 
     budget = budget or Budget()
-    cells = [(d, s, n, seed) for d in domains for s in strategies for n in sizes for seed in seeds]
-    return [run_cell(d, s, per_class=n, seed=seed, backbone=backbone, pretrained=pretrained, budget=budget)
-            for d, s, n, seed in progress_bar(cells, desc="grid", disable=not progress)]
+    cells = [(d, s, n, seed) for d in domains for n in sizes for s in strategies for seed in seeds]
+    return [run_cell(d, s, per_class=n, seed=seed, backbone=backbone, pretrained=pretrained, budget=budget,
+                     device=device) for d, s, n, seed in progress_bar(cells, desc="grid", disable=not progress)]

@@ -110,7 +110,8 @@ def unfreeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
     Raises:
         ValueError: A name matches no parameter; the message lists valid names.
 
-    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        09_when_to_transfer.ipynb
     """
     _set_requires_grad(model, modules, True)
 

@@ -90,11 +90,11 @@ def summarise(rows: Sequence[dict], *, level: float = 0.95) -> list[dict]:
     return summary
 
 
-def markdown_table(summary: Sequence[dict]) -> str:
+def markdown_table(summary: Sequence[dict], *, intervals: bool = True) -> str:
     """The summary as a Markdown table: one row per domain and strategy, one column per training-set size.
 
-    Each cell reads ``accuracy [interval]`` (seed-averaged) and, with several seeds, the range of the
-    seeds' own accuracies below it.
+    Each cell reads ``accuracy [interval]`` (seed-averaged; only the accuracy with ``intervals=False``)
+    and, with several seeds, the range of the seeds' own accuracies below it.
 
     Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
@@ -112,7 +112,7 @@ def markdown_table(summary: Sequence[dict]) -> str:
                 continue
             seeds = cell["seed_accuracies"]
             spread = f"<br>seeds {min(seeds):.1%}-{max(seeds):.1%}" if len(seeds) > 1 else ""
-            texts.append(f"{cell['accuracy']}{spread}")
+            texts.append(f"{cell['accuracy'] if intervals else format(cell['accuracy'].value, '.1%')}{spread}")
         lines.append(f"| {domain} | {strategy} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 

@@ -1,48 +1,12 @@
-"""course_utils.domains: the far domain (scikit-learn's digits as RGB images) and stacked image sets."""
+"""course_utils.domains: stacked image sets, ants/bees centre crops and EuroSAT patches at one size."""
 import pytest
 import torch
 
 from course_utils import domains
+from course_utils.models import Preprocessing
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.5, 0.25, 0.2)  # per-channel on purpose: a mix-up of channels would show
-
-
-def test_digits_images_are_dark_ink_on_white_in_three_equal_channels():
-    images, labels = domains.digits_images(size=16, mean=MEAN, std=STD)
-    assert images.shape == (1797, 3, 16, 16) and images.dtype == torch.float32
-    assert labels.shape == (1797,) and set(labels.tolist()) == set(range(10))
-    pixels = images * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
-    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
-    assert torch.allclose(pixels[:, 0], pixels[:, 2], atol=1e-6), "the three channels must hold the same grey"
-    assert pixels[:, :, 0, 0].mean() > 0.95, "the corners are blank paper (white)"
-    assert pixels[:, :, 6:10, 6:10].mean() < 0.8, "the middle holds ink"
-
-
-def test_digits_split_is_stratified_disjoint_and_repeatable():
-    first = domains.digits_splits(size=8, mean=MEAN, std=STD, val_fraction=0.25, seed=3)
-    again = domains.digits_splits(size=8, mean=MEAN, std=STD, val_fraction=0.25, seed=3)
-    other = domains.digits_splits(size=8, mean=MEAN, std=STD, val_fraction=0.25, seed=4)
-    train, val = first["train"], first["val"]
-    assert len(train) + len(val) == 1797 and train.classes == list(domains.DIGIT_CLASSES)
-    counts = torch.bincount(torch.tensor(val.targets), minlength=10)
-    assert counts.min() >= 43 and counts.max() <= 46, f"each class keeps about a quarter for validation: {counts}"
-    assert torch.equal(again["val"].images, val.images) and again["val"].targets == val.targets
-    assert not torch.equal(other["val"].images, val.images)
-    flat = lambda s: {tuple(x.flatten().tolist()) for x in s.images}  # noqa: E731
-    assert len(flat(train) & flat(val)) < 20, "validation images come from other scans than the training images"
-    image, label = val[0]
-    assert image.shape == (3, 8, 8) and isinstance(label, int)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"size": 4}, "size must be an integer of at least 8"),
-    ({"size": 16.0}, "got 16.0"),
-    ({"size": 16, "val_fraction": 1.0}, "val_fraction must be a float strictly between 0 and 1"),
-    ({"size": 16, "val_fraction": 0}, "got 0"),
-])
-def test_bad_arguments_name_the_value(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        domains.digits_splits(mean=MEAN, std=STD, **kwargs)
+PRE = Preprocessing(resize=40, crop=32, mean=MEAN, std=STD)
 
 
 def test_tensor_images_and_stack_images():
@@ -58,12 +22,34 @@ def test_tensor_images_and_stack_images():
 
 def test_hymenoptera_images_are_centre_crops_of_the_real_folder(hymenoptera_folder, monkeypatch):
     from course_utils import download
-    from course_utils.models import Preprocessing
 
     monkeypatch.setattr(download, "hymenoptera", lambda: hymenoptera_folder)
-    pre = Preprocessing(resize=40, crop=32, mean=MEAN, std=STD)
-    splits = domains.hymenoptera_images(size=24, preprocessing=pre)
+    splits = domains.hymenoptera_images(size=24, preprocessing=PRE)
     assert splits["val"].images.shape == (153, 3, 24, 24) and splits["val"].classes == ["ants", "bees"]
     assert splits["val"].targets.count(1) == 83
     with pytest.raises(ValueError, match="at least 16"):
-        domains.hymenoptera_images(size=8, preprocessing=pre)
+        domains.hymenoptera_images(size=8, preprocessing=PRE)
+
+
+def test_eurosat_images_are_whole_patches_resized_and_normalised(eurosat_folder, monkeypatch):
+    from PIL import Image
+
+    from course_utils import eurosat
+
+    monkeypatch.setattr(eurosat, "eurosat", lambda: eurosat_folder)
+    parts = domains.eurosat_images(size=40, preprocessing=PRE, per_class={"train": 3, "val": 1})
+    assert set(parts) == {"train", "val"} and parts["val"].classes == eurosat.classes()
+    assert parts["train"].images.shape == (30, 3, 40, 40) and parts["train"].targets == [c for c in range(10)
+                                                                                          for _ in range(3)]
+    listed = eurosat.splits(eurosat_folder, per_class={"val": 1})["val"]
+    path, _ = listed.samples[0]
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    resized = Image.open(path).convert("RGB").resize((40, 40), Image.BILINEAR)
+    whole = pil_to_tensor(resized).float() / 255  # the whole patch, nothing cropped
+    pixels = parts["val"].images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    assert (pixels - whole).abs().mean() < 0.02
+    with pytest.raises(ValueError, match="at least 16 pixels, got 8"):
+        domains.eurosat_images(size=8, preprocessing=PRE, per_class={"val": 1})
+    with pytest.raises(ValueError, match="Unknown part 'valid'"):
+        domains.eurosat_images(size=32, preprocessing=PRE, per_class={"valid": 1})

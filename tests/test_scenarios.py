@@ -129,3 +129,22 @@ def test_trained_strategies_train_what_they_say_even_from_a_frozen_model(small_e
     else:
         assert flags["classifier.weight"] and flags["bn2.weight"] and not flags["conv_stem.weight"]
     assert not any(p.requires_grad for p in small_efficientnet.parameters()), "the pretrained model is left as it was"
+
+
+def test_the_top_reads_feature_maps_of_any_width_and_scale_on_the_chosen_device(small_efficientnet):
+    """Cached maps are not pixels: 16 channels and values far beyond normalised images must pass the input checks."""
+    top = scenarios.top_of(small_efficientnet, "blocks.2")
+    maps, labels = 50 * torch.randn(6, 16, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    surgery.unfreeze(small_efficientnet)
+    scenarios.finetune(top, maps, labels, lr=0.01, weight_decay=0.0, steps=2, batch_size=3, seed=0, device="cpu")
+    predicted = scenarios.predict_images(top, maps, device="cpu")
+    assert predicted.shape == (6,) and predicted.device.type == "cpu"
+    with pytest.raises(ValueError, match="Device 'cuda:99' is not available here"):
+        scenarios.predict_images(top, maps, device="cuda:99")
+
+
+def test_a_seeded_head_on_a_timm_efficientnet_is_reproducible(small_efficientnet):
+    """The grid's cells must repeat exactly: replace_head's seed also decides a timm head (reset_classifier)."""
+    heads = [models.replace_head(copy.deepcopy(small_efficientnet), 5, seed=4) for _ in range(2)]
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+    assert heads[0].weight.shape == (5, 32) and not heads[0].weight.is_meta

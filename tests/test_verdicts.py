@@ -68,3 +68,9 @@ def test_plot_depth_probe_and_accuracy_vs_speed():
     ax = verdicts.plot_accuracy_vs_speed(rows)
     assert ax.get_xlabel() == "milliseconds per image"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lite0 (4.7 M parameters)"]
+
+
+def test_markdown_table_without_intervals_keeps_the_seed_range():
+    rows = fake_rows([[True] * 20 + [False] * 20, [True] * 30 + [False] * 10])
+    table = verdicts.markdown_table(verdicts.summarise(rows), intervals=False)
+    assert table.splitlines()[-1] == "| d | a | 62.5%<br>seeds 50.0%-75.0% |"
