@@ -44,14 +44,15 @@ def runs_root() -> Path:
     ``$COURSE_RUNS`` if set; else ``runs/`` of a source checkout (git-ignored); else
     ``~/.cache/course_utils/runs``. Kept apart from :func:`data_root` because datasets may be read-only.
 
-    Under ``nbgrader autograde`` (which sets ``NBGRADER_EXECUTION=autograde``) it is ``runs/`` inside the
-    submission's own folder, whatever ``$COURSE_RUNS`` says: one student's saved model must never be graded
-    in another student's notebook, so each graded run sees only the files it wrote itself.
+    While a grader runs a submission (``nbgrader autograde``, which sets ``NBGRADER_EXECUTION=autograde``, or
+    ``otter run``/``otter grade``, which put ``otter.Notebook`` in grading mode) it is ``runs/`` inside the
+    submission's own working folder, whatever ``$COURSE_RUNS`` says: one student's saved model must never be
+    graded in another student's notebook, so each graded run sees only the files it wrote itself.
 
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
         09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
-    if os.environ.get("NBGRADER_EXECUTION") == "autograde":  # nbgrader runs each submission in its own folder
+    if _graded_submission():  # the grader runs each submission in its own folder
         return Path.cwd().resolve() / "runs"
     if os.environ.get("COURSE_RUNS"):
         return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()
@@ -60,6 +61,16 @@ def runs_root() -> Path:
         return checkout / "runs"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "course_utils" / "runs"
+
+
+def _graded_submission() -> bool:
+    """True while nbgrader's autograde or otter-grader runs this notebook as a submission."""
+    import sys
+
+    if os.environ.get("NBGRADER_EXECUTION") == "autograde":
+        return True
+    otter = sys.modules.get("otter.check.notebook")  # otter's grading cell calls Notebook.init_grading_mode
+    return bool(getattr(getattr(otter, "Notebook", None), "_grading_mode", False))
 
 
 def build_transforms(pre: Preprocessing, *, augment: bool = True) -> dict[str, "torch.nn.Module"]:

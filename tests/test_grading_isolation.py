@@ -78,3 +78,31 @@ def test_two_submissions_graded_in_a_row_see_only_their_own_runs_folder(tmp_path
         marker = course / "autograded" / student / NAME / "runs" / "finetuned" / "model.txt"
         assert marker.read_text() == student
     assert not shared.exists()
+
+
+@pytest.mark.student_notebooks
+def test_two_submissions_run_by_otter_in_a_row_see_only_their_own_runs_folder(tmp_path, monkeypatch):
+    pytest.importorskip("otter")
+    import json
+
+    from test_graders import run_steps
+
+    from course_utils import otter_export
+
+    nbformat.write(otter_export.otter_notebook(runs_notebook(), name=f"{NAME}.ipynb"), tmp_path / f"{NAME}.ipynb")
+    run_steps([f"otter assign --no-run-tests {NAME}.ipynb dist"], tmp_path)
+    student = nbformat.read(tmp_path / "dist" / "student" / f"{NAME}.ipynb", as_version=4)
+    shared = tmp_path / "shared_runs"   # an instructor's COURSE_RUNS: grading must not use it
+    monkeypatch.setenv("COURSE_RUNS", str(shared))
+    scores = {}
+    for name in ("alice", "bob"):
+        nb = nbformat.from_dict(student)
+        answers = [cell for cell in nb.cells if "otter_answer_cell" in cell.metadata.get("tags", [])]
+        answers[0].source, answers[1].source = f"student = {name!r}", "saved = marker.read_text()"
+        (tmp_path / name).mkdir()
+        nbformat.write(nb, tmp_path / name / f"{NAME}.ipynb")
+        run_steps([f"otter run -a dist/autograder/*.zip -o {name} {name}/{NAME}.ipynb"], tmp_path)
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        scores[name] = sum(test.get("score", 0) for test in results["tests"])
+    assert scores == {"alice": 2.0, "bob": 2.0}, "the second submission saw the first one's file"
+    assert not shared.exists()
