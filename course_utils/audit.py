@@ -285,23 +285,19 @@ def holdout_splits(folder: str | os.PathLike, *, val_fraction: float = 0.2, test
 
 
 def _holdout(dataset, *, fraction: float, seed: int):
-    """Split an ``ImageFolder`` or a ``Subset`` of one into two class-balanced subsets."""
-    import torch
+    """Split an ``ImageFolder`` or a ``Subset`` of one into two class-balanced subsets of the same folder."""
+    from types import SimpleNamespace
+
     from torch.utils.data import Subset
 
     from course_utils.data import image_files
+    from course_utils.folders import stratified_split
 
     base, indices = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else \
         (dataset, list(range(len(dataset))))
-    labels = [label for _, label in image_files(dataset)]
-    generator, keep, held = torch.Generator().manual_seed(seed), [], []
-    for label in sorted(set(labels)):
-        members = [index for index, lab in zip(indices, labels) if lab == label]
-        count = min(max(1, round(len(members) * fraction)), len(members) - 1)
-        order = torch.randperm(len(members), generator=generator).tolist()
-        held += [members[i] for i in order[:count]]
-        keep += [members[i] for i in order[count:]]
-    parts = Subset(base, sorted(keep)), Subset(base, sorted(held))
+    view = SimpleNamespace(targets=[label for _, label in image_files(dataset)], classes=base.classes, root=base.root)
+    parts = tuple(Subset(base, [indices[i] for i in part.indices])
+                  for part in stratified_split(view, val_fraction=fraction, seed=seed))
     for part in parts:
         part.classes = base.classes
     return parts
