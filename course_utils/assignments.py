@@ -179,7 +179,12 @@ def serialise(nb: Any) -> str:
 def _notebooks(source: Path) -> list[Path]:
     paths = sorted(Path(source).glob("*.ipynb"))
     if not paths:
-        raise ValueError(f"No *.ipynb files in {str(source)!r}. Pass --source with the notebooks folder.")
+        where = Path(source).absolute()
+        raise ValueError(
+            f"No *.ipynb files in {where}{'' if where.is_dir() else ' (no such folder)'}: the notebooks are looked "
+            "for in --source, by default notebooks/ of the current folder. Run the command from the repository's "
+            "root, or pass --source /path/to/the/repository/notebooks."
+        )
     return paths
 
 
@@ -300,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             release(source=args.source, dest=args.dest)
             return 0
         if args.command == "nbgrader":
+            _notebooks(Path(args.source))  # none there: say where it looked, before matching names
             nbgrader_course.layout(course=args.course, source=args.source, names=args.names)
             return 0
         if args.command == "otter":

@@ -107,6 +107,15 @@ def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
     return (images * std_t + mean_t).clamp(0, 1)
 
 
+def _check_not_empty(dataset: Dataset) -> None:
+    """Refuse an empty dataset here, where its origin is known (a shuffling DataLoader fails cryptically)."""
+    if len(dataset) == 0:
+        raise ValueError(
+            f"The {type(dataset).__name__} has no images (an empty selection, e.g. Subset(folder, []) or "
+            "per_class=0). Pass a non-empty split: check the folder given to find_splits() and the indices."
+        )
+
+
 class Transformed(Dataset):
     """A dataset of ``(PIL image, label)`` with a transform applied to each image on access.
 
@@ -114,6 +123,7 @@ class Transformed(Dataset):
     """
 
     def __init__(self, dataset: Dataset, transform) -> None:
+        _check_not_empty(dataset)
         self.dataset, self.transform = dataset, transform
         self.classes = dataset.classes
 
@@ -138,6 +148,7 @@ class CachedImages(Dataset):
         transform: Applied to the cached uint8 tensor on every access.
 
     Raises:
+        ValueError: ``dataset`` is empty.
         TypeError: ``dataset`` is neither an ``ImageFolder`` nor a ``Subset`` of one, or it is a
             :class:`Transformed` (whose transform would be ignored).
         ValueError: An image cannot be read; the message names the file.
@@ -151,6 +162,7 @@ class CachedImages(Dataset):
         if isinstance(dataset, Transformed):
             raise TypeError("CachedImages applies its own transform: pass the dataset inside Transformed "
                             "(its .dataset) and the transform as CachedImages(..., transform=...).")
+        _check_not_empty(dataset)
         try:
             self.samples = image_files(dataset)
         except TypeError as err:

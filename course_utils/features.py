@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections import OrderedDict
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from course_utils.data import image_files
-from course_utils.train import atomic_save
+from course_utils.train import atomic_save, check_writable
 
 
 @contextmanager
@@ -86,7 +87,12 @@ def _cache_path(model: nn.Module, dataset, cache_dir: str | Path, cache_key: str
                         "pass cache_dir=None to skip the cache.") from None
     files = []
     for path, label in listed:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            target = f" is a broken link to {os.readlink(path)}" if os.path.islink(path) else " no longer exists"
+            raise FileNotFoundError(f"The image {path}{target}. Restore the file, or delete it and build the "
+                                    "dataset again (find_splits / image_folder).") from None
         files.append([os.path.abspath(path), label, stat.st_size, stat.st_mtime_ns])
     with head_removed(model):
         weights = _fingerprint(model)
@@ -141,6 +147,8 @@ def extract_features(
     Raises:
         ValueError: ``batch_size`` is not a positive integer, or the dataset is empty.
         TypeError: ``cache_dir`` is given but the dataset's files cannot be listed.
+        FileNotFoundError: An image file is gone (a broken link); the message names it.
+        PermissionError: ``cache_dir`` cannot be written (checked before the backbone runs).
 
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb
     """
@@ -149,6 +157,8 @@ def extract_features(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: check the folder passed to find_splits().")
     path = _cache_path(model, dataset, cache_dir, cache_key) if cache_dir is not None else None
+    if path is not None and not path.is_file():
+        check_writable(path)  # before the backbone runs, not after
     if path is not None and path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -249,11 +259,15 @@ def train_head(
         ``train.fit``: epoch, train_loss, train_acc, val_loss, val_acc, seconds.
 
     Raises:
-        ValueError: Shapes do not fit, feature dims differ, or labels do not fit ``num_classes``.
+        ValueError: Shapes do not fit, feature dims differ, labels do not fit ``num_classes``, or ``lr`` is
+            not a finite number > 0.
 
     Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb
     """
     _check_features(train_features, train_labels, val_features, val_labels, num_classes)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0 such as 1e-3, got {lr!r} (lr=0 trains nothing: the "
+                         "head keeps its random initial weights).")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     train_labels, val_labels = train_labels.long(), val_labels.long()

@@ -107,7 +107,7 @@ def load(path: str | Path | None = None) -> FineTuned:
 
     Raises:
         FileNotFoundError: No file at ``path``; the message says how to make one.
-        ValueError: The file was not written by :func:`save`.
+        ValueError: The file was not written by :func:`save`, or it is empty or truncated.
 
     Used in: 06_fine_tuning.ipynb; 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (through
         load_or_train)
@@ -118,7 +118,9 @@ def load(path: str | Path | None = None) -> FineTuned:
     if not path.is_file():
         raise FileNotFoundError(f"No fine-tuned model at {path}. Run notebook 06 (it saves its chosen model "
                                 "there), or call finetuned.load_or_train() to train one in seconds.")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    from course_utils.checkpoints import read_torch_file
+
+    payload = read_torch_file(path)  # an empty or truncated file: an error naming it
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a model saved by course_utils.finetuned.save (format "
                          f"{FORMAT_VERSION}); a plain state dict loads with train.load_checkpoint instead.")

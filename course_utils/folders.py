@@ -8,43 +8,99 @@ used as the validation split: model selection on the test set would make its acc
 from __future__ import annotations
 
 import os
+import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
-from course_utils.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
+from course_utils.images import HEIF_FIX, IMAGE_EXTENSIONS, is_image_file, load_rgb, undecodable
 
 SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 VAL_FOLDER_NAMES = SPLIT_FOLDER_NAMES["val"]
 DEFAULT_VAL_FRACTION = 0.2
 
 
+def _hidden(name: str) -> bool:
+    """Hidden folders (``.ipynb_checkpoints``, ``.git``) and the ``__MACOSX`` folder of zips made on a Mac."""
+    return name.startswith((".", "__MACOSX"))
+
+
 def _visible_folders(directory: str | os.PathLike) -> list[str]:
-    """Sub-folder names, without hidden ones (``.ipynb_checkpoints``, ``.git``) and ``__MACOSX``."""
-    return sorted(entry.name for entry in os.scandir(directory)
-                  if entry.is_dir() and not entry.name.startswith((".", "__MACOSX")))
+    """Sub-folder names, without hidden ones; a broken link in their place is an error, never skipped."""
+    entries = [entry for entry in os.scandir(directory) if not _hidden(entry.name)]
+    broken = [entry for entry in entries if entry.is_symlink() and not os.path.exists(entry.path)]
+    if broken:
+        raise FileNotFoundError(
+            f"{broken[0].path} is a link to {os.readlink(broken[0].path)}, which does not exist"
+            f"{f' (so are {[e.name for e in broken[1:]]})' if len(broken) > 1 else ''}. "
+            "Mount or copy the folder it points to, or delete the link."
+        )
+    return sorted(entry.name for entry in entries if entry.is_dir())
+
+
+def _walk_visible(folder: str) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` of ``folder`` and its sub-folders, skipping hidden ones at every depth."""
+    for here, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = sorted(name for name in folders if not _hidden(name))
+        yield here, sorted(files)
 
 
 def _has_image(folder: str) -> bool:
-    return any(is_image_file(name) for _, _, files in os.walk(folder) for name in files)
+    return any(is_image_file(name) for _, files in _walk_visible(folder) for name in files)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 class VisibleImageFolder(ImageFolder):
     """``ImageFolder`` whose classes are the visible sub-folders only, each with at least one image.
 
     Hidden folders (``.ipynb_checkpoints`` that JupyterLab leaves behind, ``.git``) and the
-    ``__MACOSX`` folder of zip files made on a Mac are not classes.
+    ``__MACOSX`` folder of zip files made on a Mac are not classes, and their files are not images at
+    any depth. Class names are compared in Unicode NFC form (a zip made on macOS stores ``été`` as
+    ``e`` + accent), so ``.classes`` is the same list whichever form each split's folders use.
 
     Used in: 01_data_loading.ipynb (through :func:`image_folder`)
     """
 
+    def __init__(self, root: str, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.classes = [_nfc(name) for name in self.classes]
+        self.class_to_idx = {_nfc(name): index for name, index in self.class_to_idx.items()}
+        cannot = undecodable([path for path, _ in self.samples])
+        if cannot:
+            raise ValueError(
+                f"{len(cannot)} image file(s) under {root} cannot be decoded by this Pillow (first: {cannot[0]}). "
+                f"Fix: {HEIF_FIX}; or delete them."
+            )
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's listing, without the files inside hidden folders of a class folder."""
+        valid = is_valid_file or is_image_file
+        samples = []
+        for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            for here, files in _walk_visible(os.path.join(directory, name)):
+                samples += [(os.path.join(here, f), index) for f in files if valid(os.path.join(here, f))]
+        return samples
+
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = _visible_folders(directory)
+        classes = sorted(_visible_folders(directory), key=_nfc)
         if not classes:
             raise FileNotFoundError(
                 f"No class folders in {directory}. Expected one sub-folder per class, "
                 "e.g. train/ants/*.jpg and train/bees/*.jpg."
+            )
+        _check_not_splits(directory, classes)
+        same = [name for name in classes if [_nfc(other) for other in classes].count(_nfc(name)) > 1]
+        if same:
+            raise ValueError(
+                f"{directory} has class folders whose names differ only in their Unicode form: {same} "
+                f"({[name.encode() for name in same]}). They look identical but would be two classes: "
+                "merge them into one folder."
             )
         empty = [name for name in classes if not _has_image(os.path.join(directory, name))]
         if empty:
@@ -57,11 +113,24 @@ class VisibleImageFolder(ImageFolder):
         return classes, {name: index for index, name in enumerate(classes)}
 
 
+def _check_not_splits(directory: str, classes: list[str]) -> None:
+    roles = {name for names in SPLIT_FOLDER_NAMES.values() for name in names}
+    if all(name.lower() in roles for name in classes):
+        raise ValueError(
+            f"{directory} holds the split folders {', '.join(c + '/' for c in classes)}, not class folders. "
+            f"Use find_splits({directory!r}) for the splits, or image_folder on one of them "
+            f"(e.g. {os.path.join(directory, classes[0])!r})."
+        )
+
+
 def image_folder(folder: str | os.PathLike, transform=None) -> ImageFolder:
     """A torchvision ``ImageFolder`` that skips non-image files and hidden folders, and loads RGB.
 
     Raises:
-        FileNotFoundError: No class folders, or a class folder without images (named in the message).
+        FileNotFoundError: No class folders, a class folder without images, or a class folder that is a
+            broken link (named in the message).
+        ValueError: The folder holds split folders (``train/``, ``val/``: use :func:`find_splits`), two class
+            folders named alike in different Unicode forms, or files this Pillow cannot decode (HEIC).
 
     Used in: 01_data_loading.ipynb
     """

@@ -7,6 +7,7 @@ Checkpoints (``atomic_save``, ``save_checkpoint``, ``load_checkpoint``) live in
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_utils.checkpoints import atomic_save, load_checkpoint, save_checkpoint  # noqa: F401 - import path
+from course_utils.checkpoints import (  # noqa: F401 - import path
+    atomic_save, check_writable, load_checkpoint, save_checkpoint,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,8 +101,13 @@ def train_one_epoch(
     With a ``scaler`` (``torch.amp.GradScaler``) every loss is scaled before ``backward`` and the
     optimizer is stepped through it; on CUDA the forward pass then runs in float16 (mixed precision).
 
+    A batch of one image is skipped with a warning when the model has BatchNorm layers in training mode
+    (they cannot normalise it); ``drop_last=True`` on the loader avoids it.
+
     Raises:
-        ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
+        ValueError: ``data_loader`` yields no batch, yields single images instead of batches, every batch
+            holds one image under BatchNorm, or a label has no output in the model.
+        TypeError: The first batch is not float images (see ``models.check_images``).
 
     Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
@@ -110,11 +118,16 @@ def train_one_epoch(
     model.train()
     eval_frozen_batchnorm(model)  # frozen BatchNorms keep their running statistics
     amp = scaler is not None and device.type == "cuda"
-    total_loss = correct = seen = 0
-    for images, targets in progress_bar(data_loader, desc="train", disable=not progress):
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    total_loss = correct = seen = skipped = 0
+    for index, (images, targets) in enumerate(progress_bar(data_loader, desc="train", disable=not progress)):
+        if batchnorm and len(targets) == 1:  # BatchNorm cannot normalise a batch of one image
+            skipped += 1
+            continue
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp), _checked(model, index == 0):
             logits = model(images)
+            _check_labels(targets, logits)
             loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -127,8 +140,44 @@ def train_one_epoch(
         total_loss += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
+    _check_skipped(skipped, seen)
     _check_seen(seen)
     return {"loss": total_loss / seen, "acc": correct / seen}
+
+
+def _checked(model: nn.Module, first: bool):
+    """On the first batch: the model's first convolution checks its input (``models.images_checked``)."""
+    from contextlib import nullcontext
+
+    from course_utils.models import images_checked
+
+    return images_checked(model) if first else nullcontext()
+
+
+def _check_labels(targets: torch.Tensor, logits: torch.Tensor) -> None:
+    """Class labels the head has no output for (a label 5 for a 5-output head), named before the loss fails."""
+    if targets.is_floating_point() or logits.dim() != 2 or targets.numel() == 0:
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= logits.shape[1]:
+        raise ValueError(
+            f"The batch has label {high if high >= logits.shape[1] else low}, but the model has {logits.shape[1]} "
+            f"outputs (labels 0 to {logits.shape[1] - 1}). Give the model one output per class of the dataset: "
+            "models.replace_head(model, len(dataset.classes)); or fix the labels."
+        )
+
+
+def _check_skipped(skipped: int, seen: int) -> None:
+    import warnings
+
+    if skipped and not seen:
+        raise ValueError("Every training batch held 1 image (batch_size=1?), and BatchNorm layers in training "
+                         "mode need at least 2 per batch. Use a batch_size of 2 or more.")
+    if skipped:
+        warnings.warn(f"Skipped {skipped} training batch(es) of 1 image (usually the last, incomplete batch): "
+                      "BatchNorm in training mode needs at least 2 images per batch. Pass drop_last=True to the "
+                      "training DataLoader to drop it on purpose, or choose a batch_size that leaves no single "
+                      "image over.", stacklevel=3)
 
 
 def _check_seen(seen: int) -> None:
@@ -146,7 +195,8 @@ def evaluate(
     The loss is the mean over images (each batch weighted by its size), as if computed in one batch.
 
     Raises:
-        ValueError: ``data_loader`` yields no batch, or yields single images instead of batches.
+        ValueError: ``data_loader`` yields no batch or single images, a label has no output in the model,
+            or the first batch is not normalised images (``models.check_images``: also TypeError).
 
     Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
         10_deployment_and_scaling.ipynb (its DDP script)
@@ -156,9 +206,11 @@ def evaluate(
     device = torch.device(device)
     model.eval()
     total_loss = correct = seen = 0
-    for images, targets in progress_bar(data_loader, desc="eval", disable=not progress):
+    for index, (images, targets) in enumerate(progress_bar(data_loader, desc="eval", disable=not progress)):
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        logits = model(images)
+        with _checked(model, index == 0):
+            logits = model(images)
+        _check_labels(targets, logits)
         total_loss += criterion(logits, targets).item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
@@ -178,7 +230,8 @@ def predict(
         ``(logits, labels)``: ``(N, classes)`` float32 and ``(N,)`` int64 tensors on the CPU.
 
     Raises:
-        ValueError: ``data_loader`` yields no batch.
+        ValueError: ``data_loader`` yields no batch, or its first batch is not normalised images with the
+            model's number of channels (``models.check_images``: uint8 pixels raise TypeError).
 
     Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
         10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
@@ -190,7 +243,8 @@ def predict(
     logits, labels = [], []
     with torch.inference_mode():
         for images, targets in progress_bar(data_loader, desc="predict", disable=not progress):
-            logits.append(model(_to_device(images, device)).float().cpu())
+            with _checked(model, not logits):
+                logits.append(model(_to_device(images, device)).float().cpu())
             labels.append(torch.as_tensor(targets).cpu())
     if not logits:
         raise ValueError("data_loader yielded no batch: check that the dataset is not empty.")
@@ -228,6 +282,18 @@ def _check_head_fits(model: nn.Module, train_loader) -> None:
         )
 
 
+def _check_learning_rates(optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Refuse a learning rate that cannot train: NaN, infinite, negative, or 0 everywhere with no scheduler."""
+    rates = [float(group["lr"]) for group in optimizer.param_groups]
+    bad = [lr for lr in rates if not math.isfinite(lr) or lr < 0]
+    if bad:
+        raise ValueError(f"The optimizer's learning rate is {bad[0]!r}; it must be a finite number >= 0, e.g. 1e-3 "
+                         "for Adam or 0.01 for SGD. Check how it was computed (a NaN spreads into every weight).")
+    if scheduler is None and not any(rates):
+        raise ValueError("The optimizer has lr=0 in every parameter group: training trains nothing (no weight "
+                         "changes). Pass a learning rate such as 1e-3, or a scheduler that warms up from 0.")
+
+
 def fit(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader,
     device: torch.device | str, *, epochs: int, scheduler=None, amp: bool = False,
@@ -251,7 +317,9 @@ def fit(
         The history: one dict per epoch.
 
     Raises:
-        ValueError: ``epochs`` is not a positive integer, or the head does not fit the classes.
+        ValueError: ``epochs`` is not a positive integer, the head does not fit the classes, the learning
+            rate is NaN, infinite, negative or 0 without a scheduler, or a label has no output in the head.
+        PermissionError: ``checkpoint`` cannot be written (checked before training).
 
     Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
     """
@@ -259,6 +327,9 @@ def fit(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     device = torch.device(device)
     _check_head_fits(model, train_loader)
+    _check_learning_rates(optimizer, scheduler)
+    if checkpoint is not None:
+        check_writable(checkpoint)  # before training, not after its first epoch
     model.to(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     history, best, best_state = [], -1.0, None
