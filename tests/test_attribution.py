@@ -123,3 +123,13 @@ def test_overlay_signed_attribution_colours_evidence_by_sign():
     with pytest.raises(ValueError, match="upsample it first"):
         attribution.overlay_signed_attribution(image, torch.randn(1, 5, 6), mean=(0.5,) * 3, std=(0.5,) * 3)
     plt.close("all")
+
+
+@pytest.mark.parametrize("method, kwargs", [("saliency", {}), ("grad_cam", {"layer": "3"}),
+                                            ("integrated_gradients", {"n_steps": 4})])
+def test_maps_come_back_detached_on_the_image_device(tiny_cnn, method, kwargs):
+    """Plain tensors a plot or scipy can read (``.numpy()``), on the device the image came from."""
+    image = torch.randn(3, 12, 12)
+    result = attribution.attribute(tiny_cnn.eval(), image, method=method, target=4, **kwargs)
+    assert not result.requires_grad and result.device == image.device
+    result.numpy()

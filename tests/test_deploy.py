@@ -115,7 +115,7 @@ def test_compare_latency_rows_and_table(monkeypatch):
     assert rows[3] == {"engine": "b", "batch": 4, "median_ms": 400.0, "runs_ms": [500.0, 250.0, 400.0],
                        "images_per_s": 10.0, "cpu_ms": 700.0}
     table = deploy.format_latency_table(rows).splitlines()
-    assert len(table) == 6 and table[5] == "| b | 4 | 400.0 | 10.0 | 500.0, 250.0, 400.0 | 700.0 |"
+    assert len(table) == 6 and table[5] == "| b | 4 | 3 | 400.0 | 480.0 | 10.0 | 700.0 |"   # 90th pct: 400 + 0.8 * 100
     with pytest.raises(ValueError, match="batches\\[8\\] holds 4 images"):
         deploy.compare_latency({"a": len}, {8: torch.zeros(4, 3)})
 
