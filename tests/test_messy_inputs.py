@@ -59,7 +59,11 @@ def _fit(model, *, lr=0.01, epochs=1, checkpoint=None, train_loader=None, **kw):
 
 @pytest.fixture
 def unwritable(monkeypatch):
-    """Make folders refuse new files: chmod where that works, a simulated EACCES when running as root."""
+    """Make folders refuse new files and sub-folders with EACCES, as a read-only folder does.
+
+    Simulated (os.open with O_CREAT and os.mkdir are refused below the folder) because chmod does not stop
+    root, and CI containers often run as root.
+    """
     blocked: list[Path] = []
     real_open, real_mkdir = os.open, os.mkdir
 
