@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -47,21 +48,59 @@ def eurosat(root: str | Path | None = None, *, download: bool = True) -> Path:
     Raises:
         FileNotFoundError: The folder is missing and ``download`` is False, or a class folder holds fewer
             images than EuroSAT has (named in the message).
+        ValueError: ``root`` (``COURSE_DATA``) is EuroSAT's own folder; the message says what to set instead.
+        ConnectionError: The download failed (offline); nothing was created.
+        PermissionError: ``root`` cannot be written; nothing was downloaded.
 
     Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
     """
     root = Path(root) if root is not None else data_root()
+    _check_not_inside(root)
     folder = root / EUROSAT_FOLDER
     if not folder.is_dir():
         if not download:
             raise FileNotFoundError(
                 f"No EuroSAT at {folder}. Call eurosat(download=True) (about 90 MB), or set COURSE_DATA to the "
                 f"folder that contains eurosat/2750/.")
-        from torchvision.datasets import EuroSAT
-
-        EuroSAT(str(root), download=True)
+        _download(root)
     _check_counts(folder)
     return folder
+
+
+def _check_not_inside(root: Path) -> None:
+    """Refuse a data root that is EuroSAT's own folder (``eurosat/`` or ``eurosat/2750/``) or a class folder."""
+    for level in (root, *list(root.parents)[:2]):
+        if level.name == "2750" and level.parent.name == "eurosat":
+            raise ValueError(
+                f"The data root is {root}, inside the EuroSAT folder {level} itself, so the course would look for "
+                f"{root / EUROSAT_FOLDER} and download a second copy there. Set COURSE_DATA to the folder that "
+                f"contains eurosat/: COURSE_DATA={level.parent.parent}")
+        if level.name == "eurosat" and (level / "2750").is_dir():
+            raise ValueError(f"The data root is {root}, the EuroSAT folder itself. Set COURSE_DATA to the folder that "
+                             f"contains eurosat/: COURSE_DATA={level.parent}")
+
+
+def _download(root: Path) -> None:
+    """torchvision's download into a temporary folder, moved into ``root`` only once it is complete."""
+    import tempfile
+    import urllib.error
+
+    from torchvision.datasets import EuroSAT
+
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{root} has no eurosat/2750/ and {existing} cannot be written, so EuroSAT cannot be "
+                              "downloaded there. Set COURSE_DATA to a folder you can write to, or to the folder that "
+                              "already contains eurosat/2750/.")
+    with tempfile.TemporaryDirectory(prefix="course-eurosat-") as tmp:
+        try:
+            EuroSAT(tmp, download=True)
+        except (urllib.error.URLError, OSError) as err:
+            raise ConnectionError(f"EuroSAT is not at {root / EUROSAT_FOLDER} and downloading it failed ({err}). "
+                                  "Connect to the internet, or set COURSE_DATA to a folder that contains "
+                                  "eurosat/2750/.") from None
+        (root / "eurosat").mkdir(parents=True, exist_ok=True)
+        shutil.move(Path(tmp) / "eurosat" / "2750", root / EUROSAT_FOLDER)   # may cross file systems
 
 
 def _check_counts(folder: Path) -> None:
@@ -89,7 +128,8 @@ def splits(folder: str | Path | None = None, *, per_class: dict[str, int] | None
     Raises:
         ValueError: An unknown part, or a count that is not an integer between 1 and the part's size.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
+        06_fine_tuning_far_domain.ipynb
     """
     sizes = split_lists()["sizes"]
     per_class = dict(sizes) if per_class is None else dict(per_class)

@@ -69,3 +69,43 @@ def test_an_incomplete_copy_is_an_error(tmp_path):
 def test_the_real_copy_matches_the_split(eurosat_folder):
     parts = eurosat.splits(eurosat_folder, per_class={"test": 100})
     assert len(parts["test"]) == 1000
+
+
+@pytest.mark.parametrize("inside", ["eurosat", "eurosat/2750", "eurosat/2750/Forest"])
+def test_a_data_root_inside_the_dataset_says_what_to_set(tmp_path, inside):
+    _fake_eurosat(tmp_path, {"train": 1})
+    with pytest.raises(ValueError, match=f"COURSE_DATA={tmp_path}"):
+        eurosat.eurosat(tmp_path / inside)
+    assert not (tmp_path / inside / "eurosat").exists(), "no second copy may be started inside the dataset"
+
+
+def test_offline_download_says_where_it_looked_and_creates_nothing(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.EuroSAT, "download", offline)
+    root = tmp_path / "data"
+    with pytest.raises(ConnectionError, match=str(root / "eurosat" / "2750")):
+        eurosat.eurosat(root)
+    assert not root.exists()
+
+
+def test_a_download_lands_in_the_data_root_only_when_complete(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def fake_download(self):
+        for name in eurosat.classes():
+            (Path(self._data_folder) / name).mkdir(parents=True)
+            (Path(self._data_folder) / name / f"{name}_1.jpg").write_bytes(b"jpeg")
+
+    monkeypatch.setattr(torchvision.datasets.EuroSAT, "download", fake_download)
+    monkeypatch.setattr(torchvision.datasets.EuroSAT, "_check_exists", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.ImageFolder, "__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr(eurosat, "_check_counts", lambda folder: None)
+    folder = eurosat.eurosat(tmp_path / "data")
+    assert folder == tmp_path / "data" / "eurosat" / "2750"
+    assert sorted(p.name for p in folder.iterdir()) == eurosat.classes()
