@@ -6,6 +6,7 @@ still raises ``NotImplementedError``) fails with a message that says so, never w
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -366,15 +367,9 @@ def check_lazy_dataset(cls: Any, name: str = "LazyImages") -> None:
                           "__getitem__, not in __init__, so that the dataset stores paths, not pixels.")
 
 
-def check_ig_steps(func: Callable, name: str = "choose_ig_steps") -> None:
-    """Fail unless ``func(model, image, target, tolerance=...)`` returns ``(n_steps, miss)``: the fewest of
-    ``IG_STEP_CANDIDATES`` whose Integrated Gradients miss ``|delta| / |f(image) - f(zeros)|`` is at most
-    ``tolerance`` (the largest candidate when none is), and that candidate's miss.
-
-    Probed on a small ReLU network whose miss does not shrink steadily with the steps, at two tolerances.
-
-    Used in: 08_attribution_with_captum.ipynb
-    """
+@functools.lru_cache(maxsize=1)
+def _ig_probe():
+    """A small ReLU network, an image, and the IG miss of each candidate number of steps (computed once)."""
     from course_utils.attribution import IG_STEP_CANDIDATES, attribute
 
     torch.manual_seed(2)
@@ -386,6 +381,21 @@ def check_ig_steps(func: Callable, name: str = "choose_ig_steps") -> None:
         attr, delta = attribute(net, image, method="integrated_gradients", target=3, n_steps=n_steps,
                                 return_delta=True)
         misses[n_steps] = abs(delta) / abs(attr.sum().item() - delta)
+    return net, image, misses
+
+
+def check_ig_steps(func: Callable, name: str = "choose_ig_steps") -> None:
+    """Fail unless ``func(model, image, target, tolerance=...)`` returns ``(n_steps, miss)``: the fewest of
+    ``IG_STEP_CANDIDATES`` whose Integrated Gradients miss ``|delta| / |f(image) - f(zeros)|`` is at most
+    ``tolerance`` (the largest candidate when none is), and that candidate's miss.
+
+    Probed on a small ReLU network whose miss does not shrink steadily with the steps, at two tolerances.
+
+    Used in: 08_attribution_with_captum.ipynb
+    """
+    from course_utils.attribution import IG_STEP_CANDIDATES
+
+    net, image, misses = _ig_probe()
     for tolerance in (0.05, 0.3):
         passing = [n for n, miss in misses.items() if miss <= tolerance]
         expected = passing[0] if passing else IG_STEP_CANDIDATES[-1]
