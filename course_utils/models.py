@@ -352,6 +352,7 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
         fresh = [head for _, head in find_heads(model)]
         new = fresh[0]
     for head in fresh:
+        head.to(device="meta")  # timm's reset_classifier may ignore the meta context: the seed decides either way
         _fresh(head, device=reference.device, dtype=reference.dtype, generator=generator)
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes
