@@ -50,7 +50,7 @@ def check_equal(value: Any, expected: Any, name: str, hint: str = "") -> None:
 
     Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
         04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     check_answered(value, name)
     if value != expected:
@@ -116,7 +116,7 @@ def check_trainable(model: Any, trainable: Sequence[str], name: str = "model") -
 
     Names are matched whole: ``"features.1"`` covers ``features.1.weight``, not ``features.10.weight``.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     check_answered(model, name)
     prefixes = tuple(trainable)
@@ -473,3 +473,28 @@ def check_parity_check(
     if not tolerance < bad:
         raise CheckFailed(f"`tolerance` = {tolerance!r} accepts a broken export (gap {bad:.2g}): choose a tolerance "
                           "between the two gaps you measured.")
+
+
+def check_accuracy_at_least(model: Any, loader: Any, minimum: float, name: str = "model", hint: str = "") -> float:
+    """Measure ``model`` on every batch of ``loader`` (eval mode) and fail unless its accuracy is at least ``minimum``.
+
+    The model is evaluated on the device its weights are on. Returns the accuracy, so the check cell can print it.
+
+    Used in: 06_fine_tuning_far_domain.ipynb
+    """
+    from course_utils.train import predict
+
+    check_answered(model, name)
+    if not isinstance(model, nn.Module):
+        raise CheckFailed(f"`{name}` should be a trained model (an nn.Module), got {type(model).__name__}.")
+    parameter = next(model.parameters(), None)
+    logits, labels = predict(model, loader, parameter.device if parameter is not None else "cpu")
+    if logits.dim() != 2 or logits.shape[1] <= int(labels.max()):
+        raise CheckFailed(f"`{name}` gives {tuple(logits.shape[1:])} outputs per image, but the labels go up to "
+                          f"{int(labels.max())}: give it one output per class (models.replace_head).")
+    right = int((logits.argmax(dim=1) == labels).sum())
+    accuracy = right / len(labels)
+    if not accuracy >= minimum:
+        raise CheckFailed(f"`{name}` is right on {right} of {len(labels)} images ({accuracy:.1%}); the bar is "
+                          f"{minimum:.1%}. {hint}".strip())
+    return accuracy

@@ -155,7 +155,8 @@ class CachedImages(Dataset):
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb,
+        06_fine_tuning_far_domain.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:

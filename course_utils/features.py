@@ -150,7 +150,8 @@ def extract_features(
         FileNotFoundError: An image file is gone (a broken link); the message names it.
         PermissionError: ``cache_dir`` cannot be written (checked before the backbone runs).
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
+        06_fine_tuning_far_domain.ipynb
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
@@ -262,7 +263,8 @@ def train_head(
         ValueError: Shapes do not fit, feature dims differ, labels do not fit ``num_classes``, or ``lr`` is
             not a finite number > 0.
 
-    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb
+    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb, 06_fine_tuning.ipynb,
+        06_fine_tuning_far_domain.ipynb
     """
     _check_features(train_features, train_labels, val_features, val_labels, num_classes)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:

@@ -72,7 +72,7 @@ def save(
         ValueError: The head's output size differs from ``len(classes)``, or ``info`` holds values that are
             not plain numbers, strings, booleans or lists/dicts of them.
 
-    Used in: 06_fine_tuning.ipynb
+    Used in: 06_fine_tuning.ipynb, 10_deployment_and_scaling.ipynb
     """
     from course_utils.models import get_head
     from course_utils.train import atomic_save
@@ -109,8 +109,8 @@ def load(path: str | Path | None = None) -> FineTuned:
         FileNotFoundError: No file at ``path``; the message says how to make one.
         ValueError: The file was not written by :func:`save`, or it is empty or truncated.
 
-    Used in: 06_fine_tuning.ipynb; 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (through
-        load_or_train)
+    Used in: 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb; 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb (through load_or_train)
     """
     from course_utils.models import load_backbone, replace_head
 

@@ -328,8 +328,8 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb (its DDP
-        script); 11_your_own_images.ipynb
+        08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb, 11_your_own_images.ipynb,
+        06_fine_tuning_far_domain.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(

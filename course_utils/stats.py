@@ -117,7 +117,8 @@ def difference_interval(
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
+        06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb,
+        10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from scipy.stats import bootstrap
 
@@ -146,7 +147,7 @@ def majority_baseline(labels: Sequence[int] | torch.Tensor) -> float:
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb
+        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
     if not values:

@@ -37,7 +37,7 @@ def stages(model: nn.Module) -> list[str]:
         Dotted names; the last one holds the head.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb,
-        11_your_own_images.ipynb
+        11_your_own_images.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     names = [name for name, _ in model.named_parameters(recurse=False)]  # ViT's cls_token, pos_embed
     for name, child in model.named_children():
@@ -162,8 +162,8 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
     Raises:
         ValueError: ``n`` is not an integer between 0 and the number of stages.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
-        10_deployment_and_scaling.ipynb (its DDP script); 11_your_own_images.ipynb
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb, 11_your_own_images.ipynb,
+        06_fine_tuning_far_domain.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
     names = stages(model)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(names):
@@ -226,7 +226,7 @@ def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) ->
     Raises:
         ValueError: A learning rate is not a positive number, or nothing is trainable.
 
-    Used in: 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
+    Used in: 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     from course_utils.models import find_heads
 

@@ -24,7 +24,7 @@ from course_utils.checkpoints import (  # noqa: F401 - import path
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so runs repeat.
 
-    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -95,11 +95,13 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def train_one_epoch(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader,
     device: torch.device, *, scaler: torch.amp.GradScaler | None = None, progress: bool = True,
+    batch_scheduler=None,
 ) -> dict[str, float]:
     """One pass over ``data_loader`` with gradient steps; returns mean ``loss`` and ``acc``.
 
     With a ``scaler`` (``torch.amp.GradScaler``) every loss is scaled before ``backward`` and the
     optimizer is stepped through it; on CUDA the forward pass then runs in float16 (mixed precision).
+    A ``batch_scheduler`` (e.g. warm-up then cosine decay) is stepped after every optimizer step.
 
     A batch of one image is skipped with a warning when the model has BatchNorm layers in training mode
     (they cannot normalise it); ``drop_last=True`` on the loader avoids it.
@@ -137,6 +139,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         total_loss += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
@@ -198,8 +202,8 @@ def evaluate(
         ValueError: ``data_loader`` yields no batch or single images, a label has no output in the model,
             or the first batch is not normalised images (``models.check_images``: also TypeError).
 
-    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
-        10_deployment_and_scaling.ipynb (its DDP script)
+    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP
+        script)
     """
     from course_utils.progress import progress_bar
 
@@ -233,8 +237,8 @@ def predict(
         ValueError: ``data_loader`` yields no batch, or its first batch is not normalised images with the
             model's number of channels (``models.check_images``: uint8 pixels raise TypeError).
 
-    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
+    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     from course_utils.progress import progress_bar
 
@@ -298,6 +302,7 @@ def fit(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader,
     device: torch.device | str, *, epochs: int, scheduler=None, amp: bool = False,
     checkpoint: str | Path | None = None, progress: bool = True, restore_best: bool = True,
+    batch_scheduler=None,
 ) -> list[dict[str, float]]:
     """Train for ``epochs``, evaluating after each; keep the best weights by validation accuracy.
 
@@ -307,6 +312,7 @@ def fit(
     Args:
         device: A ``torch.device`` or its name (``"cpu"``, ``"cuda"``).
         scheduler: Stepped once per epoch, after evaluation.
+        batch_scheduler: Stepped after every optimizer step (schedules with a warm-up of a few steps).
         amp: Mixed precision (CUDA only; ignored elsewhere).
         checkpoint: If given, the best state dict is saved there (atomically) after each improvement.
         restore_best: At the end, load the weights of the epoch with the best validation accuracy (the
@@ -321,13 +327,13 @@ def fit(
             rate is NaN, infinite, negative or 0 without a scheduler, or a label has no output in the head.
         PermissionError: ``checkpoint`` cannot be written (checked before training).
 
-    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     device = torch.device(device)
     _check_head_fits(model, train_loader)
-    _check_learning_rates(optimizer, scheduler)
+    _check_learning_rates(optimizer, scheduler or batch_scheduler)
     if checkpoint is not None:
         check_writable(checkpoint)  # before training, not after its first epoch
     model.to(device)
@@ -336,7 +342,8 @@ def fit(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train = train_one_epoch(model, criterion, optimizer, train_loader, device,
-                                scaler=scaler if scaler.is_enabled() else None, progress=progress)
+                                scaler=scaler if scaler.is_enabled() else None, progress=progress,
+                                batch_scheduler=batch_scheduler)
         val = evaluate(model, criterion, val_loader, device, progress=progress)
         if scheduler is not None:
             scheduler.step()

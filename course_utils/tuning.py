@@ -106,3 +106,35 @@ def _suggestions(record: dict) -> dict:
               for i in finite if i + 1 < len(smoothed) and math.isfinite(smoothed[i + 1])]
     steepest = min(slopes, key=lambda pair: pair[1])[0] if slopes else lowest
     return {"min_loss_lr": lrs[lowest], "steepest_lr": lrs[steepest]}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to each group's learning rate, then cosine decay towards 0; step it after every batch.
+
+    Step ``t`` (counting from 0) multiplies every group's rate by ``(t + 1) / warmup_steps`` during the
+    warm-up and by ``0.5 * (1 + cos(pi * (t - warmup_steps) / (total_steps - warmup_steps)))`` after it, so
+    the groups keep their ratios (discriminative rates stay discriminative).
+
+    Args:
+        optimizer: Its groups' ``lr`` are the peak rates.
+        total_steps: Optimizer steps in the whole run (epochs x batches per epoch).
+        warmup_steps: Steps of the linear warm-up, at least 1 and below ``total_steps``.
+
+    Raises:
+        ValueError: A step count that is not an integer, or ``warmup_steps`` outside 1 .. total_steps - 1.
+
+    Used in: 06_fine_tuning_far_domain.ipynb
+    """
+    for label, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{label} must be an integer number of optimizer steps, got {value!r}.")
+    if not 1 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be from 1 to total_steps - 1 ({total_steps - 1}), got {warmup_steps!r}; "
+                         "a tenth of total_steps is common.")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -441,3 +441,26 @@ def test_check_parity_check_needs_a_real_gap_and_a_tolerance_between_rounding_an
         checks.check_parity_check(lambda session, model, images: 0.0, 1e-4, path, model, images)
     with fails("rejects the correct export"):
         checks.check_parity_check(gap, -1.0, path, model, images)
+
+
+def test_check_accuracy_at_least_measures_the_model_on_the_loader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    labels = torch.arange(20) % 5
+    images = nn.functional.one_hot(labels, 5).float()              # 5 classes, one feature each
+    loader = DataLoader(TensorDataset(images, labels), batch_size=6)
+    perfect = nn.Linear(5, 5)
+    with torch.no_grad():
+        perfect.weight.copy_(torch.eye(5))
+        perfect.bias.zero_()
+    assert checks.check_accuracy_at_least(perfect, loader, 0.99, "perfect") == 1.0
+    shifted = nn.Linear(5, 5)
+    with torch.no_grad():
+        shifted.weight.copy_(torch.eye(5).roll(1, dims=0))         # always answers the next class: 0%
+        shifted.bias.zero_()
+    with pytest.raises(CheckFailed, match=r"right on 0 of 20 images \(0.0%\); the bar is 50.0%. Train longer"):
+        checks.check_accuracy_at_least(shifted, loader, 0.5, "shifted", hint="Train longer.")
+    with pytest.raises(CheckFailed, match="`my_model` is still None"):
+        checks.check_accuracy_at_least(None, loader, 0.5, "my_model")
+    with pytest.raises(CheckFailed, match="one output per class"):
+        checks.check_accuracy_at_least(nn.Linear(5, 3), loader, 0.5, "small")

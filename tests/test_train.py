@@ -354,3 +354,15 @@ def test_checkpoint_gets_the_users_normal_permissions(tiny_cnn, tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644
+
+
+def test_fit_steps_a_batch_scheduler_after_every_optimizer_step():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    loader = torch.utils.data.DataLoader(_blobs(n_per_class=10), batch_size=8)   # 30 points: 4 batches
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    train.fit(model, nn.CrossEntropyLoss(), optimizer, loader, loader, "cpu", epochs=2, progress=False,
+              batch_scheduler=scheduler)
+    assert scheduler.last_epoch == 2 * len(loader)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 8)

@@ -91,3 +91,28 @@ def test_plot_lr_range_draws_log_axis_and_suggestions():
     assert len(ax.get_legend().get_texts()) == 4
     with pytest.raises(ValueError, match="no steps"):
         plotting.plot_lr_range({"lr": []})
+
+
+def test_warmup_cosine_rises_linearly_then_decays_keeping_group_ratios():
+    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5},
+              {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.05}]
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = tuning.warmup_cosine(optimizer, total_steps=13, warmup_steps=5)
+    rates = []
+    for _ in range(13):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    head = [r[0] for r in rates]
+    assert head[:5] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert head[5] == pytest.approx(0.5) and all(a > b for a, b in zip(head[5:], head[6:]))
+    assert head[-1] == pytest.approx(0.5 * 0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi)).item()))
+    assert all(r[1] == pytest.approx(r[0] / 10) for r in rates)
+
+
+@pytest.mark.parametrize("kwargs", [{"total_steps": 10, "warmup_steps": 0}, {"total_steps": 10, "warmup_steps": 10},
+                                    {"total_steps": 10.0, "warmup_steps": 2}])
+def test_warmup_cosine_refuses_bad_step_counts(kwargs):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="steps"):
+        tuning.warmup_cosine(optimizer, **kwargs)
