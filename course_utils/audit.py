@@ -196,7 +196,8 @@ def plot_audit(summary: dict, *, axes=None):
         axes[0].bar(x + i * bar, [summary["counts"][split].get(c, 0) for c in summary["classes"]], bar, label=split)
     axes[0].set_xticks(x + bar * (len(splits) - 1) / 2, summary["classes"], rotation=30, ha="right")
     axes[0].set(title="Images per class and split", xlabel="class", ylabel="images")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylim(0, 1.3 * max([1] + [max(c.values(), default=0) for c in summary["counts"].values()]))
+    axes[0].legend(fontsize=8, loc="upper center", ncol=len(splits))  # one row in the headroom above the bars
     sizes = summary["sizes"]
     axes[1].scatter([w for w, _ in sizes], [h for _, h in sizes], s=[20 + 200 * n / max(sizes.values())
                                                                        for n in sizes.values()], alpha=0.6)
