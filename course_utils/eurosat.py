@@ -52,7 +52,8 @@ def eurosat(root: str | Path | None = None, *, download: bool = True) -> Path:
         ConnectionError: The download failed (offline); nothing was created.
         PermissionError: ``root`` cannot be written; nothing was downloaded.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb,
+        11_your_own_images.ipynb (through splits)
     """
     root = Path(root) if root is not None else data_root()
     _check_not_inside(root)
@@ -128,8 +129,8 @@ def splits(folder: str | Path | None = None, *, per_class: dict[str, int] | None
     Raises:
         ValueError: An unknown part, or a count that is not an integer between 1 and the part's size.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
-        06_fine_tuning_far_domain.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb;
+        11_your_own_images.ipynb (through audit.eurosat_capstone_folder)
     """
     sizes = split_lists()["sizes"]
     per_class = dict(sizes) if per_class is None else dict(per_class)
