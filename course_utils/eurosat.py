@@ -88,11 +88,14 @@ def _download(root: Path) -> None:
 
     from torchvision.datasets import EuroSAT
 
+    from course_utils.checkpoints import write_error
+
     existing = next(p for p in (root, *root.parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise PermissionError(f"{root} has no eurosat/2750/ and {existing} cannot be written, so EuroSAT cannot be "
-                              "downloaded there. Set COURSE_DATA to a folder you can write to, or to the folder that "
-                              "already contains eurosat/2750/.")
+    err = write_error(existing, create=False)   # tries a real write: permission bits mislead root
+    if err is not None:
+        raise PermissionError(f"{root} has no eurosat/2750/ and {existing} cannot be written ({err.strerror or err}), "
+                              "so EuroSAT cannot be downloaded there. Set COURSE_DATA to a folder you can write to, "
+                              "or to the folder that already contains eurosat/2750/.")
     with tempfile.TemporaryDirectory(prefix="course-eurosat-") as tmp:
         try:
             EuroSAT(tmp, download=True)

@@ -109,3 +109,20 @@ def test_a_download_lands_in_the_data_root_only_when_complete(tmp_path, monkeypa
     folder = eurosat.eurosat(tmp_path / "data")
     assert folder == tmp_path / "data" / "eurosat" / "2750"
     assert sorted(p.name for p in folder.iterdir()) == eurosat.classes()
+
+
+def test_a_read_only_data_root_is_refused_before_downloading(tmp_path, monkeypatch):
+    import errno
+
+    import torchvision.datasets
+
+    from course_utils import checkpoints
+
+    def never(self):
+        raise AssertionError("nothing may be downloaded into a folder that cannot be written")
+
+    monkeypatch.setattr(torchvision.datasets.EuroSAT, "download", never)
+    monkeypatch.setattr(checkpoints, "write_error", lambda folder, create=True: OSError(errno.EROFS, "read-only"))
+    with pytest.raises(PermissionError, match="cannot be written"):
+        eurosat.eurosat(tmp_path / "data")
+    assert not (tmp_path / "data").exists()
