@@ -1,10 +1,12 @@
 """Honest numbers: every accuracy with a bootstrap interval, next to the baselines it must beat.
 
 With 153 validation images one image is worth 0.65 percentage points, so two models a few images
-apart are not "better" and "worse". :func:`accuracy_interval` resamples the validation images
-(scipy's ``bootstrap``, percentile method) to show how much an accuracy could move with another draw of
-images; :func:`difference_interval` does the same for the gap between two models evaluated on the same
-images (a paired bootstrap, which is much tighter than comparing two separate intervals).
+apart are not "better" and "worse". :func:`mean_interval` is the course's one bootstrap: it resamples
+per-image values (scipy's ``bootstrap``, percentile method) to show how much their mean could move with
+another draw of images. :func:`accuracy_interval` applies it to per-image correctness and
+:func:`difference_interval` to the per-image gap between two models evaluated on the same images (a paired
+bootstrap, much tighter than comparing two separate intervals). Both also take per-image averages over
+seeds (the share of seeds that got each image right), which pools several training runs into one test.
 """
 from __future__ import annotations
 
@@ -43,33 +45,40 @@ class Interval:
         return not self.low <= value <= self.high
 
 
-def _as_flags(correct, name: str) -> np.ndarray:
-    if isinstance(correct, torch.Tensor):
-        correct = correct.detach().cpu().numpy()
-    flags = np.asarray(correct)
-    if flags.ndim != 1 or flags.size == 0:
+def _per_item(values, name: str, *, low: float, high: float, fix: str) -> np.ndarray:
+    """``values`` as a 1-D float array, checked to lie in [low, high]."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence with one entry per image, got shape "
-                         f"{flags.shape}. Pass e.g. (predictions == labels) for the whole validation set.")
-    if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
-        raise ValueError(f"{name} must hold True/False (or 1/0) per image, got values such as "
-                         f"{sorted(set(flags.tolist()))[:5]}. Pass (predictions == labels).")
-    return flags.astype(float)
+                         f"{array.shape}. {fix}")
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must hold numbers or True/False per image, got dtype {array.dtype}. {fix}")
+    array = array.astype(float)
+    bad = array[~((array >= low) & (array <= high))]  # NaN fails both comparisons
+    if bad.size:
+        raise ValueError(f"{name} must lie between {low:g} and {high:g} per image, got values such as "
+                         f"{sorted(set(bad.tolist()))[:5]}. {fix}")
+    return array
 
 
 def _check_level(level: float, n_resamples: int) -> None:
     if isinstance(level, bool) or not isinstance(level, float) or not 0 < level < 1:
         raise ValueError(f"level must be a float between 0 and 1 such as 0.95, got {level!r}.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ValueError(f"n_resamples must be an integer of at least 100 (e.g. 2000), got {n_resamples!r}.")
+        raise ValueError(f"n_resamples must be an integer of at least 100 (e.g. {DEFAULT_RESAMPLES}), "
+                         f"got {n_resamples!r}.")
 
 
-def accuracy_interval(
-    correct, *, level: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+def mean_interval(
+    values, *, level: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> Interval:
-    """Accuracy and its percentile-bootstrap interval over the evaluated images.
+    """Mean of per-image values and its percentile-bootstrap interval, resampling the images.
 
     Args:
-        correct: One entry per image, True where the prediction was right (tensor, array or list).
+        values: One number per image in [-1, 1]: 0/1 correctness, the share of seeds that got the image
+            right, or the difference of two such values (tensor, array or list).
         level: Confidence level of the interval.
         n_resamples: Bootstrap resamples.
         seed: Seed of the resampling, so the printed interval repeats.
@@ -78,22 +87,49 @@ def accuracy_interval(
         An :class:`Interval`; ``str()`` gives ``"91.5% [87.0%, 95.4%]"``.
 
     Raises:
-        ValueError: ``correct`` is empty, not 1-D, or not boolean; bad ``level`` or ``n_resamples``.
+        ValueError: ``values`` is empty, not 1-D, or outside [-1, 1]; bad ``level`` or ``n_resamples``.
+
+    Used in: accuracy_interval, difference_interval and verdicts (09_when_to_transfer.ipynb)
+    """
+    from scipy.stats import bootstrap
+
+    array = _per_item(values, "values", low=-1.0, high=1.0,
+                      fix="Pass one share per image, e.g. (predictions == labels) or its average over seeds.")
+    _check_level(level, n_resamples)
+    if array.min() == array.max():  # every resample has the same mean
+        return Interval(float(array[0]), float(array[0]), float(array[0]), level, array.size)
+    result = bootstrap((array,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
+                       vectorized=True, rng=np.random.default_rng(seed))
+    ci = result.confidence_interval
+    return Interval(float(array.mean()), float(ci.low), float(ci.high), level, array.size)
+
+
+_CORRECT_FIX = ("Pass (predictions == labels) for the whole validation set, or its average over seeds "
+                "(torch.stack(per_seed).float().mean(0)).")
+
+
+def accuracy_interval(
+    correct, *, level: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> Interval:
+    """Accuracy and its percentile-bootstrap interval over the evaluated images (:func:`mean_interval`).
+
+    Args:
+        correct: One entry per image: True where the prediction was right, or the share of seeds that got
+            the image right (a float in [0, 1]); tensor, array or list.
+        level, n_resamples, seed: As in :func:`mean_interval`.
+
+    Returns:
+        An :class:`Interval`; ``str()`` gives ``"91.5% [87.0%, 95.4%]"``.
+
+    Raises:
+        ValueError: ``correct`` is empty, not 1-D, or outside [0, 1]; bad ``level`` or ``n_resamples``.
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
         09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
-    from scipy.stats import bootstrap
-
-    flags = _as_flags(correct, "correct")
-    _check_level(level, n_resamples)
-    if flags.min() == flags.max():  # all right or all wrong: every resample gives the same accuracy
-        return Interval(float(flags[0]), float(flags[0]), float(flags[0]), level, flags.size)
-    result = bootstrap((flags,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                       vectorized=True, rng=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    return Interval(float(flags.mean()), float(ci.low), float(ci.high), level, flags.size)
+    flags = _per_item(correct, "correct", low=0.0, high=1.0, fix=_CORRECT_FIX)
+    return mean_interval(flags, level=level, n_resamples=n_resamples, seed=seed)
 
 
 def difference_interval(
@@ -103,37 +139,30 @@ def difference_interval(
 
     Resampling images (not the two models separately) keeps what the two models share: an image that
     both get wrong does not widen the interval. If the interval contains 0, this validation set cannot
-    tell the two apart.
+    tell the two apart. Pass per-image averages over seeds to pool several training runs of each side.
 
     Args:
-        correct_a, correct_b: Per-image correctness of the two models, in the same image order.
-        level, n_resamples, seed: As in :func:`accuracy_interval`.
+        correct_a, correct_b: Per-image correctness (True/False, or shares of seeds in [0, 1]) of the two
+            models, in the same image order.
+        level, n_resamples, seed: As in :func:`mean_interval`.
 
     Returns:
         An :class:`Interval` of the difference (positive: A is more accurate).
 
     Raises:
-        ValueError: The two do not have one entry per image each, in equal numbers.
+        ValueError: The two do not have one entry per image each, in equal numbers, or lie outside [0, 1].
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
         06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb,
         10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
-    from scipy.stats import bootstrap
-
-    a, b = _as_flags(correct_a, "correct_a"), _as_flags(correct_b, "correct_b")
+    a = _per_item(correct_a, "correct_a", low=0.0, high=1.0, fix=_CORRECT_FIX)
+    b = _per_item(correct_b, "correct_b", low=0.0, high=1.0, fix=_CORRECT_FIX)
     if a.size != b.size:
         raise ValueError(f"correct_a has {a.size} entries but correct_b has {b.size}; evaluate both models "
                          "on the same images, in the same order.")
-    _check_level(level, n_resamples)
-    gap = a - b
-    if gap.min() == gap.max():  # the models agree on every image, or differ by the same amount everywhere
-        return Interval(float(gap[0]), float(gap[0]), float(gap[0]), level, gap.size)
-    result = bootstrap((gap,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                       vectorized=True, rng=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    return Interval(float(gap.mean()), float(ci.low), float(ci.high), level, gap.size)
+    return mean_interval(a - b, level=level, n_resamples=n_resamples, seed=seed)
 
 
 def majority_baseline(labels: Sequence[int] | torch.Tensor) -> float:

@@ -1,4 +1,7 @@
 """course_utils.stats: bootstrap intervals and the baselines every comparison prints."""
+import math
+from statistics import NormalDist, fmean, pvariance
+
 import numpy as np
 import pytest
 import torch
@@ -51,12 +54,65 @@ def test_a_clear_difference_excludes_zero():
     assert stats.difference_interval(a, b).excludes(0)
 
 
+def _binomial_quantile(q: float, k: int, n: int) -> float:
+    """Smallest share j/n with P(Binomial(n, k/n) <= j) >= q: where a bootstrap of k right of n converges."""
+    p, total = k / n, 0.0
+    for j in range(n + 1):
+        total += math.comb(n, j) * p**j * (1 - p) ** (n - j)
+        if total >= q:
+            return j / n
+    return 1.0
+
+
+@pytest.mark.parametrize("right, total", [(40, 50), (3, 5), (130, 153)])
+def test_mean_interval_of_flags_matches_the_exact_binomial_bootstrap(right, total):
+    # Resampling k right of n images draws Binomial(n, k/n) right: the ends are its quantiles, within a step.
+    interval = stats.mean_interval([1.0] * right + [0.0] * (total - right), n_resamples=20000, seed=3)
+    assert interval.value == pytest.approx(right / total) and interval.n == total
+    assert interval.low == pytest.approx(_binomial_quantile(0.025, right, total), abs=1 / total + 1e-9)
+    assert interval.high == pytest.approx(_binomial_quantile(0.975, right, total), abs=1 / total + 1e-9)
+
+
+def test_mean_interval_of_seed_shares_matches_the_normal_approximation():
+    # 120 images; the share of three seeds that got each one right.
+    shares = [0.0] * 10 + [1 / 3] * 20 + [2 / 3] * 30 + [1.0] * 60
+    interval = stats.mean_interval(shares, n_resamples=20000)
+    spread = NormalDist().inv_cdf(0.975) * math.sqrt(pvariance(shares) / len(shares))
+    assert interval.value == pytest.approx(fmean(shares))
+    assert interval.low == pytest.approx(fmean(shares) - spread, abs=0.01)
+    assert interval.high == pytest.approx(fmean(shares) + spread, abs=0.01)
+
+
+def test_accuracy_and_difference_are_the_one_bootstrap():
+    a, b = _flags(140, 153), torch.arange(153) % 3 != 0
+    assert stats.accuracy_interval(a, seed=4) == stats.mean_interval(a.float(), seed=4)
+    assert stats.difference_interval(a, b, seed=4) == stats.mean_interval(a.float() - b.float(), seed=4)
+
+
+def test_pooled_seed_difference_averages_the_seeds_and_is_no_wider_than_the_widest_seed():
+    generator = torch.Generator().manual_seed(1)
+    frozen = [torch.rand(200, generator=generator) < 0.8 for _ in range(3)]
+    tuned = [torch.rand(200, generator=generator) < 0.87 for _ in range(3)]
+    per_seed = [stats.difference_interval(t, f) for t, f in zip(tuned, frozen)]
+    pooled = stats.difference_interval(torch.stack(tuned).float().mean(0), torch.stack(frozen).float().mean(0))
+    assert pooled.value == pytest.approx(fmean(gap.value for gap in per_seed)) and pooled.n == 200
+    assert pooled.high - pooled.low <= max(gap.high - gap.low for gap in per_seed)
+
+
 @pytest.mark.parametrize("bad, match", [
-    ([], "non-empty"), ([[True, False]], "1-D"), ([0, 2, 1], "True/False"),
+    ([], "non-empty"), ([[True, False]], "1-D"), ([0, 2, 1], r"between 0 and 1 .* \[2\.0\]"),
+    ([0.5, float("nan")], "between 0 and 1"), (["right", "wrong"], "numbers or True/False"),
 ])
 def test_bad_correctness_input_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
         stats.accuracy_interval(bad)
+
+
+def test_bad_values_name_the_range_and_the_fix():
+    with pytest.raises(ValueError, match=r"values must lie between -1 and 1 .*1\.5.*average over seeds"):
+        stats.mean_interval([0.5, 1.5, -0.2])
+    with pytest.raises(ValueError, match="correct_b must lie between 0 and 1"):
+        stats.difference_interval([1, 0, 1], [0.5, -0.5, 1])
 
 
 def test_difference_needs_the_same_images():
