@@ -47,8 +47,8 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/inference_throughput.py
 
 student: $(STAMP)
-	$(BIN)/python -m course_utils.assignments validate
-	$(BIN)/python -m course_utils.assignments release --source notebooks --dest student
+	$(BIN)/python -m course_admin validate
+	$(BIN)/python -m course_admin release --source notebooks --dest student
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_utils import assignments
+from course_admin import assignments, cli, markers
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -60,28 +60,28 @@ def code_of(nb):
 
 def test_solution_at_top_level_becomes_the_stub():
     source = "answer = None\n# BEGIN SOLUTION\nanswer = 6 * 7\n# END SOLUTION\nprint(answer)"
-    assert assignments.clear_source(source) == f"answer = None\n{STUB}\nprint(answer)"
+    assert markers.clear_source(source) == f"answer = None\n{STUB}\nprint(answer)"
 
 
 def test_indentation_of_the_marker_line_is_kept():
     source = "def f(x):\n    if x:\n        # BEGIN SOLUTION\n        return 1\n        # END SOLUTION\n    return 0"
     expected = "def f(x):\n    if x:\n        # YOUR CODE HERE\n        raise NotImplementedError()\n    return 0"
-    assert assignments.clear_source(source) == expected
+    assert markers.clear_source(source) == expected
 
 
 def test_hidden_tests_are_removed_with_their_markers():
     source = "check(a)\n# BEGIN HIDDEN TESTS\ncheck(b)\ncheck(c)\n# END HIDDEN TESTS\ncheck(d)"
-    assert assignments.clear_source(source) == "check(a)\ncheck(d)"
+    assert markers.clear_source(source) == "check(a)\ncheck(d)"
 
 
 def test_two_regions_and_trailing_whitespace_on_markers():
     source = "# BEGIN SOLUTION  \na = 1\n# END SOLUTION\nb = 2\n\t# BEGIN SOLUTION\n\tc = 3\n\t# END SOLUTION"
-    assert assignments.clear_source(source) == f"{STUB}\nb = 2\n\t# YOUR CODE HERE\n\traise NotImplementedError()"
+    assert markers.clear_source(source) == f"{STUB}\nb = 2\n\t# YOUR CODE HERE\n\traise NotImplementedError()"
 
 
 def test_source_without_markers_is_unchanged():
     source = "x = 1  # a solution, as a comment\nprint('BEGIN')\n"
-    assert assignments.clear_source(source) == source
+    assert markers.clear_source(source) == source
 
 
 def test_student_notebook_clears_outputs_and_keeps_other_cells_identical():
@@ -174,15 +174,15 @@ def test_command_line_release_and_validate(tmp_path, capsys):
     one_exercise = exercise_notebook()
     del one_exercise.cells[5:8]
     write_source_folder(tmp_path / "src", {"01_ex.ipynb": exercise_notebook()})
-    assert assignments.main(["release", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "out")]) == 0
+    assert cli.main(["release", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "out")]) == 0
     assert "2 solution(s) cleared, 1 hidden test(s) removed" in capsys.readouterr().out
-    assert assignments.main(["validate", "--source", str(tmp_path / "src")]) == 0
+    assert cli.main(["validate", "--source", str(tmp_path / "src")]) == 0
     write_source_folder(tmp_path / "more", {"01_one.ipynb": one_exercise,
                                             "02_bad.ipynb": new_notebook(cells=[new_code_cell("# END SOLUTION")])})
-    assert assignments.main(["validate", "--source", str(tmp_path / "more")]) == 1
+    assert cli.main(["validate", "--source", str(tmp_path / "more")]) == 1
     out = capsys.readouterr().out
     assert "01_one.ipynb: 1 answer cell(s) and 1 check cell(s)" in out and "02_bad.ipynb cell 0 (id" in out
-    assert assignments.main(["release", "--source", str(tmp_path / "more"), "--dest", str(tmp_path / "o2")]) == 2
+    assert cli.main(["release", "--source", str(tmp_path / "more"), "--dest", str(tmp_path / "o2")]) == 2
     assert "error: 02_bad.ipynb cell 0" in capsys.readouterr().err
 
 
@@ -199,7 +199,8 @@ def test_validate_reports_metadata_problems(tmp_path):
     assert problems == [
         "t.ipynb cell 7 (grade_id t_ex2_check): nbgrader metadata {'schema_version': 2} should be "
         "{'schema_version': 3}",
-        "t.ipynb cell 7 (grade_id t_ex2_check): a check cell needs positive nbgrader points, got 0",
+        "t.ipynb cell 7 (grade_id t_ex2_check): a check cell's nbgrader points must be a positive number such as 1, "
+        "got 0.",
         "t.ipynb: grade_id 't_ex1_answer' is used by 2 cells; make each unique",
         "t.ipynb cell 8 (id " + nb.cells[8].id + "): has a solution region but is not an nbgrader solution cell",
     ]

@@ -1,4 +1,4 @@
-"""course_utils.colab: links and the setup cell, all built from pyproject's one Repository URL."""
+"""course_admin.colab: links and the setup cell, all built from pyproject's one Repository URL."""
 import re
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import colab
+from course_admin import colab
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 REPOSITORY = tomllib.loads(PYPROJECT.read_text())["project"]["urls"]["Repository"]

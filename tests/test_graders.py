@@ -17,18 +17,18 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_cell
 from test_assignments import answer_cell, check_cell, exercise_notebook
 
-from course_utils import assignments, nbgrader_course, otter_export
+from course_admin import assignments, cli, markers, nbgrader_course, otter_export, otter_tests
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOK = "01_data_loading"
 NBGRADER_STEPS = [
-    f"python -m course_utils.assignments nbgrader --course nbgrader_course {NOTEBOOK}",
+    f"python -m course_admin nbgrader --course nbgrader_course {NOTEBOOK}",
     f"cd nbgrader_course && nbgrader generate_assignment {NOTEBOOK}",
     f"cd nbgrader_course && nbgrader autograde {NOTEBOOK}",
     "cd nbgrader_course && nbgrader export",
 ]
 OTTER_STEPS = [
-    "python -m course_utils.assignments otter --dest otter",
+    "python -m course_admin otter --dest otter",
     f"otter assign --no-run-tests otter/{NOTEBOOK}.ipynb dist/{NOTEBOOK}",
     f"for s in submissions/*; do otter run -a dist/{NOTEBOOK}/autograder/*.zip -o $s $s/{NOTEBOOK}.ipynb; done",
 ]
@@ -78,7 +78,7 @@ def test_otter_prompt_keeps_the_indentation_of_a_function_body():
     ("sum = 5\nprint(sum)", ""),
 ])
 def test_otter_test_functions_receive_the_notebook_variables_they_read(check, parameters):
-    text = otter_export.otter_test_source(check, name="q1", where="cell")
+    text = otter_tests.otter_test_source(check, name="q1", where="cell")
     assert text.split("\n")[0] == f"def test_q1({parameters}):"
 
 
@@ -90,7 +90,7 @@ def test_otter_test_functions_receive_the_notebook_variables_they_read(check, pa
 ])
 def test_otter_refuses_checks_that_cannot_become_test_functions(check, message):
     with pytest.raises(ValueError, match=message):
-        otter_export.otter_test_source(check, name="q1", where="01.ipynb cell 4")
+        otter_tests.otter_test_source(check, name="q1", where="01.ipynb cell 4")
 
 
 def test_otter_refuses_what_would_break_or_leak():
@@ -120,13 +120,13 @@ def test_otter_refuses_what_would_break_or_leak():
 def test_otter_export_writes_every_notebook_or_none(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     nbformat.write(exercise_notebook(), tmp_path / "src" / "01_ex.ipynb")
-    assert assignments.main(["otter", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "out")]) == 0
+    assert cli.main(["otter", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "out")]) == 0
     expected = otter_export.otter_notebook(assignments.read_notebook(tmp_path / "src" / "01_ex.ipynb"), name="01_ex.ipynb")
     written = assignments.read_notebook(tmp_path / "out" / "01_ex.ipynb")
     assert [c.source for c in written.cells] == [c.source for c in expected.cells]
     assert "otter assign" in capsys.readouterr().out
     nbformat.write(new_notebook(cells=[answer_cell("x = 1", "t_ex1_answer")]), tmp_path / "src" / "02_bad.ipynb")
-    assert assignments.main(["otter", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "o2")]) == 2
+    assert cli.main(["otter", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o2").exists()
 
 
@@ -257,7 +257,7 @@ def secret_lines(nb):
     secret, inside = set(), False
     for cell in nb.cells:
         for line in cell.source.split("\n"):
-            marker = assignments.parse_marker(line, where="cell", number=0) if cell.cell_type == "code" else None
+            marker = markers.parse_marker(line, where="cell", number=0) if cell.cell_type == "code" else None
             if marker:
                 inside = marker[1] == "BEGIN"
             elif inside and line.strip():

@@ -10,7 +10,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from test_assignments import answer_cell, check_cell
 
-from course_utils import data, nbgrader_course
+from course_admin import nbgrader_course
+from course_utils import data
 
 NAME = "01_runs"
 
@@ -87,7 +88,7 @@ def test_two_submissions_run_by_otter_in_a_row_see_only_their_own_runs_folder(tm
 
     from test_graders import run_steps
 
-    from course_utils import otter_export
+    from course_admin import otter_export
 
     nbformat.write(otter_export.otter_notebook(runs_notebook(), name=f"{NAME}.ipynb"), tmp_path / f"{NAME}.ipynb")
     run_steps([f"otter assign --no-run-tests {NAME}.ipynb dist"], tmp_path)

@@ -425,10 +425,10 @@ def test_predict_refuses_uint8_and_one_channel_batches():
 # --- the instructor's command ---------------------------------------------------------------------------
 
 def test_nbgrader_outside_a_checkout_says_where_it_looked(tmp_path, monkeypatch, capsys):
-    from course_utils import assignments
+    from course_admin import cli
 
     monkeypatch.chdir(tmp_path)
-    assert assignments.main(["nbgrader", "06_fine_tuning"]) == 2
+    assert cli.main(["nbgrader", "06_fine_tuning"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "notebooks") in err and "--source" in err and "Choose from: ." not in err
     assert not (tmp_path / "nbgrader_course").exists()

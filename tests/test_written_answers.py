@@ -10,7 +10,7 @@ import pytest
 from nbformat.v4 import new_markdown_cell
 from test_assignments import code_of, exercise_notebook, nbgrader_student_version
 
-from course_utils import assignments, otter_export
+from course_admin import assignments, otter_export
 
 SAMPLE = "Because the validation interval says so: 42."
 
@@ -38,7 +38,7 @@ def test_validate_accepts_it_and_names_bad_metadata(tmp_path):
     nbformat.write(with_written_answer(points=0, locked=True), tmp_path / "bad.ipynb")
     problems = assignments.validate(tmp_path / "bad.ipynb")
     assert any("'locked': True} should be {'locked': False}" in p for p in problems)
-    assert any("a written answer needs positive nbgrader points, got 0" in p for p in problems)
+    assert any("a written answer's nbgrader points must be a positive number such as 1, got 0." in p for p in problems)
 
 
 def test_otter_makes_it_a_manually_graded_question():

@@ -1,6 +1,6 @@
 """otter-grader versions of the notebooks, generated from the nbgrader-style exercises (otter-grader 7).
 
-``python -m course_utils.assignments otter --dest otter`` writes, for every notebook, a master notebook in
+``python -m course_admin otter --dest otter`` writes, for every notebook, a master notebook in
 Otter Assign's notebook format (v1, the format of otter-grader 5 to 7: raw cells ``# ASSIGNMENT CONFIG``,
 ``# BEGIN QUESTION`` ... ``# END QUESTION`` with ``SOLUTION`` and ``TESTS`` blocks inside). Then
 ``otter assign otter/NN_x.ipynb dist/NN_x`` builds the student notebook and the autograder zip.
@@ -21,17 +21,16 @@ Each exercise becomes one question, derived from the exercise convention (CONTRI
 """
 from __future__ import annotations
 
-import ast
-import builtins
 import copy
 import re
-import symtable
 from pathlib import Path
 from typing import Any
 
-from course_utils import assignments
+from course_admin import assignments
+from course_admin.markers import CODE_STUB, clear_source, parse_marker
+from course_admin.otter_tests import names_bound, notebook_names, otter_test_source
 
-PROMPT = ('""" # BEGIN PROMPT', *assignments.CODE_STUB, '"""; # END PROMPT')
+PROMPT = ('""" # BEGIN PROMPT', *CODE_STUB, '"""; # END PROMPT')
 ASSIGNMENT_CONFIG = """\
 # ASSIGNMENT CONFIG
 name: {name}
@@ -76,7 +75,7 @@ def answer_source(source: str, *, where: str) -> str:
     """
     lines = []
     for number, line in enumerate(source.split("\n"), start=1):
-        marker = assignments.parse_marker(line, where=where, number=number)
+        marker = parse_marker(line, where=where, number=number)
         if marker is None:
             if _OTTER_SOLUTION.match(line):
                 raise ValueError(f"{where}, line {number}: {line.strip()!r} contains '# SOLUTION', which "
@@ -93,88 +92,21 @@ def _without_markers(source: str, *, where: str) -> str:
     """The check cell with its hidden tests in place (marker lines dropped)."""
     lines = source.split("\n")
     return "\n".join(line for number, line in enumerate(lines, start=1)
-                     if assignments.parse_marker(line, where=where, number=number) is None)
-
-
-def _notebook_names(source: str, *, where: str) -> list[str]:
-    """Names the code reads from the notebook's globals: what a test function must receive."""
-    table = symtable.symtable(source, where, "exec")
-    own = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
-    names, tables = set(), [table]
-    while tables:
-        current = tables.pop()
-        tables.extend(current.get_children())
-        for symbol in current.get_symbols():
-            if symbol.is_declared_global():
-                raise ValueError(f"{where}: `global {symbol.get_name()}` cannot become an otter test function. "
-                                 "Assign the variable in an ordinary cell instead.")
-            if symbol.is_referenced() and (current is table or symbol.is_global()):
-                names.add(symbol.get_name())
-    stored, loaded = _first_lines(ast.parse(source))
-    local = {name for name in own if stored.get(name, 0) < loaded.get(name, 0)}  # set on an earlier line
-    return sorted(name for name in names - local if name in own or not hasattr(builtins, name))
-
-
-def _first_lines(tree: ast.AST) -> tuple[dict[str, int], dict[str, int]]:
-    """First line on which the cell itself binds each name, and first line on which any code reads it."""
-    stored: dict[str, int] = {}
-    loaded: dict[str, int] = {}
-    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
-              ast.DictComp, ast.GeneratorExp)
-    todo: list[tuple[ast.AST, bool]] = [(tree, False)]
-    while todo:
-        node, nested = todo.pop()
-        line, names, table = getattr(node, "lineno", 0), [], stored
-        if isinstance(node, ast.Name):
-            names, table = [node.id], loaded if isinstance(node.ctx, ast.Load) else stored
-        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-            names, table = [node.target.id], loaded  # `x += 1` reads x
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [alias.asname or alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names = [node.name]
-        if table is loaded or not nested:
-            for name in names:
-                table[name] = min(table.get(name, line), line)
-        inner = nested or isinstance(node, scopes)
-        todo.extend((child, inner) for child in ast.iter_child_nodes(node))
-    return stored, loaded
-
-
-def otter_test_source(source: str, *, name: str, where: str) -> str:
-    """``def test_<name>(<notebook variables>): <check code>``, the exception-based otter test of a check.
-
-    Raises:
-        ValueError: The check is not plain Python that can run inside a function (IPython magics,
-            ``global``, ``from x import *``, top-level ``await``).
-
-    Used in: every notebook's exercises (otter export)
-    """
-    try:
-        compile(source, where, "exec")
-        parameters, identifier = _notebook_names(source, where=where), re.sub(r"\W", "_", name)
-        function = ast.parse(f"def test_{identifier}({', '.join(parameters)}):\n    pass").body[0]
-        function.body = ast.parse(source).body or [ast.Pass()]
-        text = ast.unparse(function)
-        compile(text, where, "exec")
-    except SyntaxError as error:
-        raise ValueError(f"{where}: the check cannot become an otter test function ({error.msg}, line "
-                         f"{error.lineno}). Keep check cells plain Python: no magics, no star imports.") from None
-    return text
+                     if parse_marker(line, where=where, number=number) is None)
 
 
 def _questions(nb: Any, *, name: str) -> list[tuple[int, list[int], int]]:
     """``(first cell, answer cells, check cell)`` of every exercise."""
     questions, answers, after_check = [], [], 0
     for index, cell in enumerate(nb.cells):
-        meta = _nbgrader(cell)
-        if assignments.is_written_answer(cell) and not answers:   # its own manually graded question
+        role = assignments.exercise_role(cell)
+        if role == "written answer" and not answers:   # its own manually graded question
             prompt = index - 1 >= after_check and nb.cells[index - 1].cell_type == "markdown"
             questions.append((index - 1 if prompt else index, [index], index))
             after_check = index + 1
-        elif meta.get("solution"):
+        elif role in ("written answer", "answer cell"):
             answers.append(index)
-        elif meta.get("grade"):
+        elif role == "check cell":
             first = answers[0] if answers else index
             if first - 1 >= after_check and nb.cells[first - 1].cell_type == "markdown":
                 first -= 1  # the exercise's prompt
@@ -188,7 +120,7 @@ def _questions(nb: Any, *, name: str) -> list[tuple[int, list[int], int]]:
 
 
 def _test_cells(check: Any, *, question: str, where: str) -> list[Any]:
-    public = assignments.clear_source(check.source, where=where)
+    public = clear_source(check.source, where=where)
     cells = [_code(otter_test_source(public, name=question, where=where))]
     full = _without_markers(check.source, where=where)
     if full != public:
@@ -201,10 +133,11 @@ def _question_cells(nb: Any, question: tuple[int, list[int], int], *, name: str)
     first, answers, check_index = question
     check = nb.cells[check_index]
     qname, points = str(_nbgrader(check).get("grade_id")).removesuffix("_check"), _nbgrader(check).get("points")
-    if not isinstance(points, (int, float)) or points <= 0:
-        raise ValueError(f"{assignments.cell_label(name, check_index, check)}: a check cell needs positive nbgrader "
-                         f"points, got {points!r}. Run `python -m course_utils.assignments validate`.")
-    if assignments.is_written_answer(check):
+    where, role = assignments.cell_label(name, check_index, check), assignments.exercise_role(check)
+    problem = assignments.points_problem(points, where=where, role=role)
+    if problem:
+        raise ValueError(f"{problem} Run `python -m course_admin validate`.")
+    if role == "written answer":
         return [_raw(MANUAL_CONFIG.format(name=qname, points=points)),
                 *(copy.deepcopy(nb.cells[index]) for index in range(first, check_index)),
                 _raw("# BEGIN SOLUTION"), copy.deepcopy(check), _raw("# END SOLUTION"), _raw("# END QUESTION")]
@@ -216,14 +149,8 @@ def _question_cells(nb: Any, question: tuple[int, list[int], int], *, name: str)
             cells += [_raw("# BEGIN SOLUTION"), cell, _raw("# END SOLUTION")]
         else:
             cells.append(cell)
-    where = assignments.cell_label(name, check_index, check)
     return [*cells, _raw("# BEGIN TESTS"), *_test_cells(check, question=qname, where=where),
             _raw("# END TESTS"), _raw("# END QUESTION")]
-
-
-def _names_bound(source: str) -> set[str]:
-    table = symtable.symtable(source, "cell", "exec")
-    return {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
 
 
 def otter_problems(nb: Any, *, name: str) -> list[str]:
@@ -245,8 +172,8 @@ def otter_problems(nb: Any, *, name: str) -> list[str]:
         if cell.cell_type != "code" or _nbgrader(cell).get("solution"):
             continue
         try:
-            bound = _names_bound(cell.source)
-            read = set(_notebook_names(cell.source, where=where))
+            bound = names_bound(cell.source)
+            read = set(notebook_names(cell.source, where=where))
         except (SyntaxError, ValueError):
             continue  # magics: not a check; otter_test_source reports checks that do not parse
         if _nbgrader(cell).get("grade"):
@@ -266,7 +193,7 @@ def otter_notebook(nb: Any, *, name: str) -> Any:
     Raises:
         ValueError: Bad exercise markers or metadata, or anything :func:`otter_problems` reports.
 
-    Used in: every notebook's exercises (``python -m course_utils.assignments otter``)
+    Used in: every notebook's exercises (``python -m course_admin otter``)
     """
     assignments.student_notebook(nb, name=name)  # raises on bad markers
     problems = otter_problems(nb, name=name)
@@ -295,10 +222,8 @@ def export(*, source: str | Path = "notebooks", dest: str | Path = "otter") -> l
     source, dest = Path(source), Path(dest)
     if dest.resolve() == source.resolve():
         raise ValueError(f"--dest {str(dest)!r} is the source folder; pick another folder, e.g. otter.")
-    paths = sorted(source.glob("*.ipynb"))
-    if not paths:
-        raise ValueError(f"No *.ipynb files in {str(source)!r}. Pass --source with the notebooks folder.")
-    masters = {path.name: otter_notebook(assignments.read_notebook(path), name=path.name) for path in paths}
+    masters = {path.name: otter_notebook(assignments.read_notebook(path), name=path.name)
+               for path in assignments.find_notebooks(source)}
     dest.mkdir(parents=True, exist_ok=True)
     for file_name, master in masters.items():
         (dest / file_name).write_text(assignments.serialise(master), encoding="utf-8")

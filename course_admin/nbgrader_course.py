@@ -1,6 +1,6 @@
 """An nbgrader course folder laid out from the course notebooks (nbgrader 0.9).
 
-``python -m course_utils.assignments nbgrader --course nbgrader_course`` writes
+``python -m course_admin nbgrader --course nbgrader_course`` writes
 ``nbgrader_course/nbgrader_config.py`` and copies every notebook, unchanged, to
 ``nbgrader_course/source/<notebook name>/<notebook>.ipynb``: one nbgrader assignment per notebook. The
 notebooks already carry nbgrader's cell metadata and markers, so nothing else is generated.
@@ -15,12 +15,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from course_utils import assignments
+from course_admin import assignments
+from course_admin.markers import CODE_STUB
 
 CELL_TIMEOUT = 600  # seconds; the same per-cell limit as `make test` (nbmake --nbmake-timeout=600)
-_STUB = "\n".join(assignments.CODE_STUB)
+_STUB = "\n".join(CODE_STUB)
 CONFIG = f'''\
-# nbgrader configuration for the course notebooks, written by `python -m course_utils.assignments nbgrader`.
+# nbgrader configuration for the course notebooks, written by `python -m course_admin nbgrader`.
 c = get_config()  # noqa: F821 (nbgrader defines get_config)
 
 # The markers of the course's exercises and the stub that replaces each solution (see CONTRIBUTING.md).
@@ -59,14 +60,12 @@ def layout(*, course: str | Path, source: str | Path = "notebooks", names: list[
         The source notebooks written.
 
     Raises:
-        ValueError: No notebooks, an unknown name, or exercise problems.
+        ValueError: No notebooks in ``source``, an unknown name, or exercise problems.
 
     Used in: instructors' nbgrader workflow (README, "Guide for instructors")
     """
     course, source = Path(course), Path(source)
-    paths = _select(sorted(source.glob("*.ipynb")), names)
-    if not paths:
-        raise ValueError(f"No *.ipynb files in {str(source)!r}. Pass --source with the notebooks folder.")
+    paths = _select(assignments.find_notebooks(source), names)
     problems = [problem for path in paths for problem in assignments.validate(path)]
     if problems:
         raise ValueError("fix these exercise problems first:\n" + "\n".join(problems))
@@ -76,7 +75,7 @@ def layout(*, course: str | Path, source: str | Path = "notebooks", names: list[
         config.write_text(CONFIG, encoding="utf-8")
     elif config.read_text(encoding="utf-8") != CONFIG:
         print(f"kept your {config}; make sure it sets c.Execute.timeout = {CELL_TIMEOUT} "
-              f"(compare with `python -c 'from course_utils.nbgrader_course import CONFIG; print(CONFIG)'`)")
+              f"(compare with `python -c 'from course_admin.nbgrader_course import CONFIG; print(CONFIG)'`)")
     written = []
     for path in paths:
         target = course / "source" / path.stem / path.name
