@@ -1,4 +1,4 @@
-"""course_utils.deploy and checks.check_onnx_export, against the real exporter and the real ONNX Runtime."""
+"""course_utils.deploy and exercise_checks.check_onnx_export, against the real exporter and the real ONNX Runtime."""
 import importlib.util
 import re
 import time
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import checks, deploy
+from course_utils import checks, deploy, exercise_checks
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -49,26 +49,26 @@ def test_onnx_runtime_matches_pytorch_for_any_batch(tiny_timm_net, exported):
 
 
 def test_check_onnx_export_passes_a_good_export(tiny_timm_net, exported):
-    checks.check_onnx_export(exported, tiny_timm_net, (3, 15, 15), batch_sizes=(1, 5))
+    exercise_checks.check_onnx_export(exported, tiny_timm_net, (3, 15, 15), batch_sizes=(1, 5))
 
 
 def test_check_onnx_export_fails_with_its_own_messages(tiny_timm_net, exported, tmp_path):
     import onnx
 
     with pytest.raises(checks.CheckFailed, match="`onnx_path` is still None"):
-        checks.check_onnx_export(None, tiny_timm_net, (3, 15, 15))
+        exercise_checks.check_onnx_export(None, tiny_timm_net, (3, 15, 15))
     with pytest.raises(checks.CheckFailed, match="no file there"):
-        checks.check_onnx_export(tmp_path / "missing.onnx", tiny_timm_net, (3, 15, 15))
+        exercise_checks.check_onnx_export(tmp_path / "missing.onnx", tiny_timm_net, (3, 15, 15))
     static = onnx.load(str(exported))
     static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # what an export without dynamic_shapes gives
     onnx.save(static, str(tmp_path / "static.onnx"))
     with pytest.raises(checks.CheckFailed, match="batch dimension is fixed to 2"):
-        checks.check_onnx_export(tmp_path / "static.onnx", tiny_timm_net, (3, 15, 15))
+        exercise_checks.check_onnx_export(tmp_path / "static.onnx", tiny_timm_net, (3, 15, 15))
     other = nn.Sequential(*tiny_timm_net).eval()
     other_head = nn.Linear(6, 5)
     other[5] = other_head
     with pytest.raises(checks.CheckFailed, match="ONNX Runtime's output for a batch of 1` is off by"):
-        checks.check_onnx_export(exported, other, (3, 15, 15))
+        exercise_checks.check_onnx_export(exported, other, (3, 15, 15))
 
 
 def test_session_refuses_missing_files_and_bad_thread_counts(exported, tmp_path):
