@@ -4,14 +4,13 @@ The same measurements as notebook 10, on EfficientNet-Lite0 with a 2-class head 
 does not depend on them), with more repeats and the machine's load printed beside the table.
 
 Run: ``python benchmarks/deployment.py [--backbone efficientnet_lite0] [--repeats 5] [--bf16-images 1]
-[--threads N]``. On a machine shared with other jobs, compare ``--threads 1`` too: PyTorch's thread pool
-loses much more to a busy CPU than ONNX Runtime's, which inflates the ratio at the default thread count.
+[--threads N] [--no-readme]``; the output replaces the ``deployment`` section of README.md. On a machine
+shared with other jobs, compare ``--threads 1`` too: PyTorch's thread pool loses much more to a busy CPU
+than ONNX Runtime's, which inflates the ratio at the default thread count.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from course_utils import deploy, models
+from readme_section import machine_line, write_section
 
 
 def _export(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, float]:
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (after 1 warm-up)")
     parser.add_argument("--bf16-images", type=int, default=1, help="batch for the bfloat16 comparison")
     parser.add_argument("--threads", type=int, default=None, help="threads for both engines (default: torch's)")
+    parser.add_argument("--no-readme", action="store_true", help="print the tables without writing README.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # this benchmark only; onnx_session uses the same number
@@ -73,14 +74,17 @@ def main() -> None:
                                       {1: images[:1], 32: images}, repeats=args.repeats)
         gap = (deploy.run_onnx(session, images) - eager(images)).abs().max().item()
     support = deploy.cpu_bf16_support()
-    print(f"{args.backbone}, {pre.crop} px, {torch.get_num_threads()} threads for both engines, torch "
-          f"{torch.__version__}, {platform.machine()}, load average {os.getloadavg()[0]:.1f}; median of "
-          f"{args.repeats} runs after 1 warm-up\n")
-    print(deploy.format_latency_table(rows))
-    print(f"\nexport {export_seconds:.0f} s; largest logit difference ONNX Runtime vs PyTorch {gap:.1e}")
-    print(f"\nbfloat16: {support}; batch {args.bf16_images}, median of {args.repeats} runs after 1 warm-up\n")
-    print("\n".join(_bf16_rows(model, images[: args.bf16_images].contiguous(memory_format=torch.channels_last),
-                               args.repeats)))
+    bf16 = _bf16_rows(model, images[: args.bf16_images].contiguous(memory_format=torch.channels_last), args.repeats)
+    markdown = "\n".join([
+        machine_line(threads=torch.get_num_threads()), "",
+        f"{args.backbone}, {pre.crop} px, {torch.get_num_threads()} threads for both engines; median of "
+        f"{args.repeats} runs after 1 warm-up", "", deploy.format_latency_table(rows), "",
+        f"export {export_seconds:.0f} s; largest logit difference ONNX Runtime vs PyTorch {gap:.1e}", "",
+        f"bfloat16: {support}; batch {args.bf16_images}, median of {args.repeats} runs after 1 warm-up", "", *bf16])
+    print(markdown)
+    if not args.no_readme:
+        write_section("deployment", markdown)
+        print("README.md: the deployment section rewritten")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ def machine_line(*, threads: int) -> str:
 
 
 def write_section(name: str, markdown: str, *, readme: Path = README) -> None:
-    """Replace the README text between `<!-- benchmark:NAME -->` and `<!-- /benchmark:NAME -->`."""
+    """Replace the README text between `<!-- benchmark:NAME -->` and `<!-- /benchmark:NAME -->`.
+
+    Markers indented with spaces (inside a list item) indent every written line the same way, so the
+    section stays part of the item.
+    """
     start, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
     text = readme.read_text(encoding="utf-8")
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
@@ -59,4 +63,7 @@ def write_section(name: str, markdown: str, *, readme: Path = README) -> None:
                          f"'{name}' table; add the pair where the table belongs.")
     head, rest = text.split(start)
     _, tail = rest.split(end)
-    readme.write_text(f"{head}{start}\n{markdown.strip()}\n{end}{tail}", encoding="utf-8")
+    line_start = head[head.rfind("\n") + 1:]
+    indent = line_start if line_start.strip(" ") == "" else ""
+    body = "\n".join(indent + line if line.strip() else "" for line in markdown.strip().splitlines())
+    readme.write_text(f"{head}{start}\n{body}\n{indent}{end}{tail}", encoding="utf-8")

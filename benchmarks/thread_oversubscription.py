@@ -16,7 +16,8 @@ pure-Python loop, started before and stopped after the measurement). Rounds are 
 shows the median seconds per step over ``--repeats`` rounds and the process's CPU seconds per step (all its
 threads). The load average printed with each condition shows what else ran on the machine.
 
-Run: ``python benchmarks/thread_oversubscription.py [--repeats 3] [--steps 4] [--busy 1]``.
+Run: ``python benchmarks/thread_oversubscription.py [--repeats 3] [--steps 4] [--busy 1] [--no-readme]``; the
+table replaces the ``thread_oversubscription`` section of README.md.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from course_utils import models, surgery
+from readme_section import machine_line, write_section
 
 WORKLOADS = {  # name: (batch, pixels, trainable stages; None = everything)
     "02": (32, 96, ("blocks.5", "blocks.6", "conv_head", "bn2", "classifier")),
@@ -157,13 +159,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
     parser.add_argument("--busy", type=int, default=1, help="spinning processes in the busy condition")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--no-readme", action="store_true", help="print the table without writing README.md")
     parser.add_argument("--worker", choices=list(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.workloads, args.steps)
         return
     measured = measure(repeats=args.repeats, steps=args.steps, busy=args.busy, workloads=args.workloads)
-    print(report(measured, repeats=args.repeats, steps=args.steps, busy=args.busy))
+    markdown = (machine_line(threads=measured["threads"]["default"]) + "\n\n"
+                + report(measured, repeats=args.repeats, steps=args.steps, busy=args.busy))
+    print(markdown)
+    if not args.no_readme:
+        write_section("thread_oversubscription", markdown)
+        print("README.md: the thread_oversubscription section rewritten")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ against its own on one cell) with the same images, features, budget and validati
 (seed-averaged, 95% bootstrap intervals over the validation images, the seeds' range) and the paired
 differences behind each rule of thumb, and writes both to ``--output``.
 
-Run: ``python benchmarks/transfer_scenarios.py [--seeds 3] [--threads N] [--device cuda] [--output FILE]``.
+Run: ``python benchmarks/transfer_scenarios.py [--seeds 3] [--threads N] [--device cuda] [--output FILE]
+[--no-readme]``; the tables also replace the ``transfer_scenarios`` section of README.md.
 Features are cached under ``data.runs_root()``, shared with the notebook.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from course_utils import data, domains, models, probes, scenarios, stats, surgery, train, verdicts
+from readme_section import machine_line, write_section
 
 BACKBONE, SIZE, EUROSAT_PER_CLASS = "efficientnet_lite0", 96, {"train": 100, "val": 50}  # as in notebook 09
 NEAR, FAR = "ants/bees (near)", "EuroSAT (far)"
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the fastest available)")
     parser.add_argument("--output", type=Path, default=None,
                         help="default: <runs_root>/benchmarks/transfer_scenarios.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not write the tables into README.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +99,9 @@ def main() -> None:
     output.write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"\n(written to {output})")
+    if not args.no_readme:
+        write_section("transfer_scenarios", machine_line(threads=torch.get_num_threads()) + "\n\n" + text)
+        print("README.md: the transfer_scenarios section rewritten")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ environment (``pip install --no-deps --target DIR ...``). ``--install-size`` mea
 on top of the course's base dependencies: pip resolves both sets (``--dry-run --ignore-installed``), installs
 the packages only the library needs into a temporary folder and weighs it (needs PyPI, takes minutes).
 
-Run: ``python benchmarks/tuner_overhead.py [--trials 30] [--extra-path DIR] [--install-size]``.
+Run: ``python benchmarks/tuner_overhead.py [--trials 30] [--extra-path DIR] [--install-size] [--no-readme]``;
+the table replaces the ``tuner_overhead`` section of README.md (only when both libraries were measured).
 """
 from __future__ import annotations
 
@@ -112,34 +113,54 @@ def _mean_ms(seconds: list[float]) -> str:
     return f"{1000 * sum(seconds) / len(seconds):.1f}" if seconds else "none run"
 
 
+def _table(trials: int, extra_paths: list[str], measure_size: bool) -> tuple[list[str], list[str]]:
+    """Markdown rows, one per library, and the libraries that are not installed."""
+    from importlib import metadata
+
+    sizes = {library: install_size(library) for library in IMPORTS} if measure_size else {}
+    lines = ["| library | version | adds to the base install | import (s) | trials 1-5 (ms each) "
+             "| trials 6-10 (ms each) | later trials (ms each) | slowest trial (ms) | all trials (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    missing = []
+    for library, run in (("optuna", _optuna_trials), ("ax", _ax_trials)):
+        added = f"{sizes[library][0]} packages, {sizes[library][1]:.0f} MB" if library in sizes else "not measured"
+        imported = _import_seconds(library, extra_paths)
+        if imported is None:
+            missing.append(library)
+            lines.append(f"| {library} | not installed | {added} | | | | | | |")
+            continue
+        seconds = run(trials)
+        means = [_mean_ms(part) for part in (seconds[:5], seconds[5:10], seconds[10:])]
+        lines.append(f"| {library} | {metadata.version(DISTRIBUTIONS[library])} | {added} | {imported:.2f} | "
+                     f"{' | '.join(means)} | {1000 * max(seconds):.0f} | {sum(seconds):.1f} |")
+    return lines, missing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--extra-path", action="append", default=[],
                         help="a folder with a separately installed library (repeatable)")
     parser.add_argument("--install-size", action="store_true", help="also measure what each library adds (PyPI)")
+    parser.add_argument("--no-readme", action="store_true", help="print the table without writing README.md")
     args = parser.parse_args()
     sys.path[:0] = args.extra_path
     import torch
 
-    print(f"Search-library overhead, objective free, {args.trials} trials, {torch.get_num_threads()} torch threads, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}\n")
-    sizes = {library: install_size(library) for library in IMPORTS} if args.install_size else {}
-    print("| library | version | adds to the base install | import (s) | trials 1-5 (ms each) | trials 6-10 (ms each) "
-          "| later trials (ms each) | slowest trial (ms) | all trials (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for library, run in (("optuna", _optuna_trials), ("ax", _ax_trials)):
-        added = f"{sizes[library][0]} packages, {sizes[library][1]:.0f} MB" if library in sizes else "not measured"
-        imported = _import_seconds(library, args.extra_path)
-        if imported is None:
-            print(f"| {library} | not installed | {added} | | | | | | |")
-            continue
-        from importlib import metadata
+    from readme_section import machine_line, write_section
 
-        seconds = run(args.trials)
-        means = [_mean_ms(part) for part in (seconds[:5], seconds[5:10], seconds[10:])]
-        print(f"| {library} | {metadata.version(DISTRIBUTIONS[library])} | {added} | {imported:.2f} | "
-              f"{' | '.join(means)} | {1000 * max(seconds):.0f} | {sum(seconds):.1f} |")
+    lines = [f"Search-library overhead, objective free, {args.trials} trials, {torch.get_num_threads()} torch threads, "
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}", ""]
+    table, missing = _table(args.trials, args.extra_path, args.install_size)
+    markdown = machine_line(threads=torch.get_num_threads()) + "\n\n" + "\n".join(lines + table)
+    print(markdown)
+    if args.no_readme:
+        return
+    if missing:  # the README compares both libraries: a run without one of them must not replace it
+        raise SystemExit(f"README.md not written: {', '.join(missing)} not installed (install it apart and pass "
+                         "--extra-path, see the docstring), or pass --no-readme.")
+    write_section("tuner_overhead", markdown)
+    print("README.md: the tuner_overhead section rewritten")
 
 
 if __name__ == "__main__":
