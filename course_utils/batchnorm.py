@@ -48,32 +48,19 @@ def unfrozen_class(module: nn.Module) -> type:
 
 
 def is_locked(module: nn.Module) -> bool:
-    """True for a BatchNorm that :func:`sync_frozen_batchnorm` keeps in eval mode."""
+    """True for a BatchNorm that :func:`lock` keeps in eval mode."""
     return isinstance(module, _StaysInEval)
 
 
-def sync_frozen_batchnorm(model: nn.Module) -> int:
-    """Keep every BatchNorm whose parameters are all frozen in eval mode for good; release the others.
+def lock(module: nn.Module) -> None:
+    """Keep a BatchNorm in eval mode for good: its class becomes the frozen subclass of its class."""
+    if not is_locked(module):
+        module.__class__ = _frozen_class(type(module))
+    module.train(False)
 
-    A BatchNorm with at least one trainable parameter (again) gets its own class back and the train or
-    eval mode of ``model``. BatchNorms without affine parameters are left alone.
 
-    Returns:
-        How many BatchNorm layers are frozen (kept in eval mode).
-
-    Used in: 04_model_surgery.ipynb (through surgery.freeze, surgery.unfreeze, surgery.eval_frozen_batchnorm)
-    """
-    count = 0
-    for module in model.modules():
-        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-            continue
-        params = list(module.parameters(recurse=False))
-        frozen = bool(params) and not any(p.requires_grad for p in params)
-        if frozen and not is_locked(module):
-            module.__class__ = _frozen_class(type(module))
-            module.train(False)
-        elif not frozen and is_locked(module):
-            module.__class__ = unfrozen_class(module)
-            module.train(model.training)
-        count += frozen
-    return count
+def release(module: nn.Module, *, training: bool) -> None:
+    """Give a locked BatchNorm its own class back, in train mode when ``training``."""
+    if is_locked(module):
+        module.__class__ = unfrozen_class(module)
+        module.train(training)

@@ -3,44 +3,48 @@
     python -m course_utils.predict model.onnx photo1.jpg holiday/ ...
 
 prints one line per image, ``<file>: <class> (<probability>)``. Folders are searched for image files
-(hidden folders left out). The class names and the preprocessing travel inside the ``.onnx`` file (its
-metadata, written by :func:`attach_metadata`), so the model file is all a user needs. A file that cannot be
-read is named on stderr and the others are still classified; the exit status is then 1 (2 when nothing
-could be classified at all: no model, no metadata, no images).
+(hidden folders left out). The model's description, the same ``checkpoints.Description`` a checkpoint holds
+(class names, preprocessing, backbone, info), travels inside the ``.onnx`` file's metadata (written by
+:func:`attach_metadata`), so the model file is all a user needs. A file that cannot be read is named on
+stderr and the others are still classified; the exit status is then 1 (2 when nothing could be classified
+at all: no model, no metadata, no images).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from course_utils.checkpoints import Description, atomic_path
 from course_utils.models import Preprocessing
 
 METADATA_KEY = "course_utils.classifier"
 
 
-def attach_metadata(path: str | os.PathLike, *, classes: list[str], preprocessing: Preprocessing) -> Path:
-    """Store the class names and preprocessing in an ONNX file's metadata (rewritten atomically).
+def attach_metadata(path: str | os.PathLike, *, classes: list[str], preprocessing: Preprocessing,
+                    backbone: str | None = None, **info) -> Path:
+    """Store the model's description in an ONNX file's metadata (the file is rewritten atomically).
+
+    The arguments are those of ``checkpoints.save``, and the same ``checkpoints.Description`` is stored.
 
     Raises:
         FileNotFoundError: No file at ``path``.
+        ValueError: ``info`` holds a value that is not plain (a tensor, an object).
 
     Used in: 11_your_own_images.ipynb
     """
     import onnx
 
-    from course_utils.checkpoints import atomic_path
-
     path = Path(path)
+    description = Description(backbone=backbone, classes=classes, preprocessing=preprocessing, info=info)
+    text = json.dumps(description.to_plain())
     if not path.is_file():
         raise FileNotFoundError(f"No ONNX model at {path}: export it first (deploy.save_onnx).")
     model = onnx.load(str(path))
     kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
-    text = json.dumps({"classes": list(classes), "preprocessing": dataclasses.asdict(preprocessing)})
     for key, value in [*kept, (METADATA_KEY, text)]:
         model.metadata_props.add(key=key, value=value)
     with atomic_path(path) as tmp:
@@ -48,21 +52,21 @@ def attach_metadata(path: str | os.PathLike, *, classes: list[str], preprocessin
     return path
 
 
-def read_metadata(session, *, path: str | os.PathLike = "the model") -> tuple[list[str], Preprocessing]:
-    """Class names and preprocessing stored by :func:`attach_metadata` in an ONNX Runtime session's model.
+def read_metadata(session, *, path: str | os.PathLike = "the model") -> Description:
+    """The description :func:`attach_metadata` stored in an ONNX Runtime session's model.
 
     Raises:
-        ValueError: The model carries no such metadata (the message says how to add it).
+        ValueError: The model carries no description, or one without class names or preprocessing (the
+            message says how to add them).
 
     Used in: 11_your_own_images.ipynb (through the command line)
     """
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if text is None:
+    description = None if text is None else Description.from_plain(json.loads(text))
+    if description is None or description.classes is None or description.preprocessing is None:
         raise ValueError(f"{path} holds no class names or preprocessing. Add them once with "
                          "course_utils.predict.attach_metadata(path, classes=..., preprocessing=...).")
-    stored = json.loads(text)
-    pre = stored["preprocessing"]
-    return list(stored["classes"]), Preprocessing(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+    return description
 
 
 def image_paths(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         session = onnx_session(args.model)
-        classes, preprocessing = read_metadata(session, path=args.model)
+        description = read_metadata(session, path=args.model)
     except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               "Export it again (deploy.save_onnx).", file=sys.stderr)
         return 2
     files, errors = image_paths(args.inputs)
-    rows = classify(session, files, classes=classes, preprocessing=preprocessing)
+    rows = classify(session, files, classes=description.classes, preprocessing=description.preprocessing)
     for row in rows:
         if "error" in row:
             errors.append(row["error"])

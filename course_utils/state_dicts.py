@@ -100,7 +100,8 @@ def _check_state_dict(state_dict) -> None:
 
     if isinstance(state_dict, (str, PathLike)):
         raise TypeError(f"Got the path {str(state_dict)!r}, not a state dict. Load the file first: "
-                        "load_matching_state_dict(model, torch.load(path, weights_only=True)).")
+                        "load_matching_state_dict(model, torch.load(path, weights_only=True)['state_dict']) for a "
+                        "file of checkpoints.save (a bare state dict: without ['state_dict']).")
     if isinstance(state_dict, nn.Module):
         raise TypeError(f"Got a {type(state_dict).__name__} model, not a state dict: pass its .state_dict().")
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):

@@ -58,15 +58,12 @@ def _valid_names(model: nn.Module) -> list[str]:
 def _set_requires_grad(model: nn.Module, modules: Sequence[str] | None, flag: bool) -> None:
     """Set ``requires_grad`` on all parameters, or on those under the dotted prefixes ``modules``.
 
-    Frozen BatchNorm layers are then kept in eval mode, and unfrozen ones released
-    (:func:`course_utils.batchnorm.sync_frozen_batchnorm`).
+    Frozen BatchNorm layers are then kept in eval mode, and unfrozen ones released (:func:`eval_frozen_batchnorm`).
     """
-    from course_utils.batchnorm import sync_frozen_batchnorm
-
     if modules is None:
         for parameter in model.parameters():
             parameter.requires_grad_(flag)
-        sync_frozen_batchnorm(model)
+        eval_frozen_batchnorm(model)
         return
     if isinstance(modules, str):
         modules = [modules]
@@ -81,7 +78,7 @@ def _set_requires_grad(model: nn.Module, modules: Sequence[str] | None, flag: bo
             )
         for parameter in selected:
             parameter.requires_grad_(flag)
-    sync_frozen_batchnorm(model)
+    eval_frozen_batchnorm(model)
 
 
 def freeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
@@ -181,17 +178,29 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
     In train mode a BatchNorm keeps updating its running mean and variance even when its weight and
     bias are frozen, so a "frozen" backbone would still drift. :func:`freeze` and :func:`unfreeze` do
     this by themselves; call it after setting ``requires_grad`` by hand (``train.train_one_epoch`` calls
-    it too). A BatchNorm whose parameters train again is released. How it works:
-    :mod:`course_utils.batchnorm`. BatchNorms without affine parameters are left alone.
+    it too). A BatchNorm whose parameters train again gets its own class back and the train or eval mode
+    of ``model``. How it works: :mod:`course_utils.batchnorm`. BatchNorms without affine parameters are left
+    alone.
 
     Returns:
         How many BatchNorm layers are kept in eval mode.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
-    from course_utils.batchnorm import sync_frozen_batchnorm
+    from course_utils import batchnorm
 
-    return sync_frozen_batchnorm(model)
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        params = list(module.parameters(recurse=False))
+        frozen = bool(params) and not any(p.requires_grad for p in params)
+        if frozen:
+            batchnorm.lock(module)
+        else:
+            batchnorm.release(module, training=model.training)
+        count += frozen
+    return count
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

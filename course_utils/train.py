@@ -1,9 +1,8 @@
-"""Training and evaluation loops in the style of torchvision's reference scripts, plus checkpoints.
+"""Training and evaluation loops in the style of torchvision's reference scripts.
 
 ``fit`` runs ``train_one_epoch`` and ``evaluate`` for a number of epochs and returns a history: one
 dict per epoch with ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``seconds``.
-Checkpoints (``atomic_save``, ``save_checkpoint``, ``load_checkpoint``) live in
-:mod:`course_utils.checkpoints` and are importable from here too.
+``fit(..., checkpoint=path)`` saves the best weights with :func:`course_utils.checkpoints.save`.
 """
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_utils.checkpoints import (  # noqa: F401 - import path
-    atomic_save, check_writable, load_checkpoint, save_checkpoint,
-)
+from course_utils import checkpoints
+from course_utils.checkpoints import atomic_save, check_writable  # noqa: F401 - atomic_save: for features, probes
 
 
 def seed_everything(seed: int) -> None:
@@ -353,11 +351,11 @@ def fit(
         if val["acc"] > best:
             best = val["acc"]
             if checkpoint is not None:
-                save_checkpoint(model, checkpoint)
+                checkpoints.save(model, checkpoint)  # weights only: fit does not know the backbone or classes
             elif restore_best:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if restore_best and checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        checkpoints.load(checkpoint, into=model)
     elif restore_best:
         model.load_state_dict(best_state)
     return history

@@ -1,6 +1,6 @@
 """Notebook 10's DDP script (its `%%writefile` cell), run for real: two processes started by torchrun take
 the steps of one process on the whole global batch and stay in sync; the image-folder path writes a model
-that finetuned.load rebuilds."""
+that checkpoints.load rebuilds."""
 import importlib.util
 import os
 import socket
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from course_utils import finetuned, train
+from course_utils import checkpoints, train
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "10_deployment_and_scaling.ipynb"
@@ -80,25 +80,26 @@ def one_process_reference(module):
 
 def test_two_processes_take_the_steps_of_one_process_on_the_global_batch(two_process_run, module):
     _, folder = two_process_run
-    saved = torch.load(folder / "tiny.pt", weights_only=True)
+    saved = checkpoints.load(folder / "tiny.pt", into=module.tiny_problem(1)[0])
+    weights = saved.model.state_dict()
     expected, initial, losses = one_process_reference(module)
     for name, tensor in expected.items():
-        torch.testing.assert_close(saved["state_dict"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
     for name in ("0.weight", "1.weight", "1.running_mean", "4.running_var"):  # frozen conv and BatchNorms
-        assert torch.equal(saved["state_dict"][name], initial[name]), f"frozen {name} changed"
-    assert not torch.equal(saved["state_dict"]["8.weight"], initial["8.weight"]), "the head must have trained"
+        assert torch.equal(weights[name], initial[name]), f"frozen {name} changed"
+    assert not torch.equal(weights["8.weight"], initial["8.weight"]), "the head must have trained"
     # The printed training loss is the mean over both processes' images, as one process would compute it.
-    assert [h["train_loss"] for h in saved["history"]] == pytest.approx(losses, rel=1e-5)
+    assert [h["train_loss"] for h in saved.info["history"]] == pytest.approx(losses, rel=1e-5)
 
 
-def test_processes_stay_in_sync_and_rank_zero_writes_one_checkpoint(two_process_run):
+def test_processes_stay_in_sync_and_rank_zero_writes_one_checkpoint(two_process_run, module):
     result, folder = two_process_run
     assert "largest weight difference between the processes: 0.0e+00" in result.stdout
     assert "2 processes (gloo), 8 training images and 4 per step each, 8 per step in all" in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["tiny.pt"]  # no temporary or per-rank files
-    saved = torch.load(folder / "tiny.pt", weights_only=True)
-    assert [h["epoch"] for h in saved["history"]] == [1, 2]
-    assert saved["val_acc"] == saved["history"][-1]["val_acc"]
+    saved = checkpoints.load(folder / "tiny.pt", into=module.tiny_problem(1)[0])
+    assert [h["epoch"] for h in saved.info["history"]] == [1, 2]
+    assert saved.info["val_acc"] == saved.info["history"][-1]["val_acc"]
 
 
 def free_port() -> int:
@@ -108,14 +109,14 @@ def free_port() -> int:
 
 
 def test_image_folder_path_in_one_process_saves_a_loadable_model(module, tiny_dataset, tmp_path, monkeypatch):
-    """The real (non-tiny) path as one process of one: backbone, image folders, finetuned.save."""
+    """The real (non-tiny) path as one process of one: backbone, image folders, checkpoints.save."""
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
     output = tmp_path / "model.pt"
     history = module.main(["--cpu", "--data", str(tiny_dataset), "--epochs", "1", "--batch-size", "6",
                            "--train-stages", "1", "--output", str(output)])
-    loaded = finetuned.load(output)
+    loaded = checkpoints.load(output)
     assert loaded.classes == ["cats", "dogs", "owls"]
     assert loaded.info["history"] == history and loaded.info["val_acc"] == history[-1]["val_acc"]
     assert loaded.model(torch.randn(2, 3, 64, 64)).shape == (2, 3)

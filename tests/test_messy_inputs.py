@@ -14,8 +14,8 @@ from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from course_utils import checkpoints, data, download, features, finetuned, train
-from course_utils.models import Preprocessing, replace_head
+from course_utils import checkpoints, data, download, features, train
+from course_utils.models import replace_head
 
 CLASSES = ("cats", "dogs", "owls")
 
@@ -283,10 +283,10 @@ def test_read_only_course_data_without_the_dataset(tmp_path, monkeypatch, unwrit
 
 # --- checkpoints and runs -------------------------------------------------------------------------------------
 
-def test_unwritable_runs_folder_for_save_checkpoint(tmp_path, unwritable):
+def test_unwritable_runs_folder_for_a_checkpoint(tmp_path, unwritable):
     runs = unwritable(tmp_path / "runs")
     with pytest.raises(PermissionError, match=rf"{runs}[\s\S]*COURSE_RUNS") as info:
-        checkpoints.save_checkpoint(_cnn(), runs / "model.pt")
+        checkpoints.save(_cnn(), runs / "model.pt")
     assert ".tmp" not in str(info.value)
 
 
@@ -318,43 +318,35 @@ def test_broken_symlink_through_the_feature_cache(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path) -> Path:
-    return checkpoints.save_checkpoint(_cnn(5), tmp_path / "five.pt")
+    return checkpoints.save(_cnn(5), tmp_path / "five.pt")
 
 
 def test_checkpoint_of_another_architecture(saved):
     other = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 5))
     with pytest.raises(ValueError, match=rf"{saved}[\s\S]*architecture"):
-        train.load_checkpoint(other, saved)
+        checkpoints.load(saved, into=other)
 
 
 @pytest.mark.parametrize("keep", [0, 0.5])
 def test_truncated_or_empty_checkpoint(saved, keep):
     content = saved.read_bytes()
     saved.write_bytes(content[:int(len(content) * keep)])
-    with pytest.raises(ValueError, match=rf"{saved}[\s\S]*(empty|truncated)[\s\S]*fit\(.*checkpoint="):
-        train.load_checkpoint(_cnn(5), saved)
+    with pytest.raises(ValueError, match=rf"{saved}[\s\S]*(empty|truncated)[\s\S]*checkpoints\.save"):
+        checkpoints.load(saved, into=_cnn(5))
 
 
 def test_five_class_checkpoint_into_a_three_class_model(saved):
     model = _cnn(5)
     replace_head(model, 3)
     with pytest.raises(ValueError, match=rf"{saved}[\s\S]*5 classes[\s\S]*3[\s\S]*replace_head\(model, 5\)"):
-        train.load_checkpoint(model, saved)
+        checkpoints.load(saved, into=model)
 
 
-def test_finetuned_file_into_load_checkpoint(tmp_path):
-    pre = Preprocessing(resize=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3)
-    path = finetuned.save(_cnn(3), tmp_path / "ft.pt", backbone="efficientnet_lite0",
-                          classes=list(CLASSES), preprocessing=pre)
-    with pytest.raises(ValueError, match=rf"{path}[\s\S]*efficientnet_lite0[\s\S]*finetuned\.load"):
-        train.load_checkpoint(_cnn(3), path)
-
-
-def test_truncated_finetuned_file(tmp_path):
+def test_truncated_zip_of_a_checkpoint(tmp_path):
     path = tmp_path / "ft.pt"
     path.write_bytes(b"PK\x03\x04 not all of it")
-    with pytest.raises(ValueError, match=rf"{path}"):
-        finetuned.load(path)
+    with pytest.raises(ValueError, match=rf"{path}[\s\S]*truncated"):
+        checkpoints.load(path)
 
 
 # --- training and prediction -----------------------------------------------------------------------------------

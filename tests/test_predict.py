@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from course_utils import data, deploy, predict
+from course_utils import checkpoints, data, deploy, predict
 from course_utils.models import Preprocessing
 
 pytest.importorskip("onnxruntime")
@@ -30,7 +30,7 @@ def model_file(net, tmp_path_factory):
     deploy.save_onnx(program, path)
     plain = path.with_name("plain.onnx")
     plain.write_bytes(path.read_bytes())
-    assert predict.attach_metadata(path, classes=CLASSES, preprocessing=PRE) == path
+    assert predict.attach_metadata(path, classes=CLASSES, preprocessing=PRE, val_acc=0.75) == path
     return path
 
 
@@ -59,9 +59,13 @@ def run(capsys):
     return call
 
 
-def test_metadata_travels_inside_the_model_file(model_file):
+def test_metadata_travels_inside_the_model_file_as_a_checkpoint_describes_it(model_file, net, tmp_path):
     session = deploy.onnx_session(model_file, threads=1)
-    assert predict.read_metadata(session) == (CLASSES, PRE)
+    described = predict.read_metadata(session)
+    saved = checkpoints.load(checkpoints.save(net, tmp_path / "net.pt", classes=CLASSES, preprocessing=PRE,
+                                              val_acc=0.75), into=net)
+    assert (described.classes, described.preprocessing, described.info) == (CLASSES, PRE, {"val_acc": 0.75})
+    assert vars(described) == {key: getattr(saved, key) for key in vars(described)}
     with pytest.raises(ValueError, match="plain.onnx holds no class names .*attach_metadata"):
         plain = model_file.with_name("plain.onnx")
         predict.read_metadata(deploy.onnx_session(plain, threads=1), path=plain)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import surgery, train
+from course_utils import checkpoints, surgery, train
 
 
 def _trainable(model):
@@ -252,7 +252,7 @@ def test_load_matching_state_dict_that_would_load_nothing(tiny_cnn):
 
 
 def test_load_matching_state_dict_wants_a_state_dict(tiny_cnn, tmp_path):
-    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
+    path = checkpoints.save(tiny_cnn, tmp_path / "model.pt")
     with pytest.raises(TypeError, match="torch.load\\(path, weights_only=True\\)"):
         surgery.load_matching_state_dict(tiny_cnn, str(path))
     with pytest.raises(TypeError, match="its .state_dict"):

@@ -1,4 +1,4 @@
-"""course_utils.train: seeding, devices, the training/evaluation loops, fit and atomic checkpoints."""
+"""course_utils.train: seeding, devices, the training/evaluation loops, fit and its checkpoint file."""
 import copy
 import random
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_utils import train
+from course_utils import checkpoints, train
 
 CPU = torch.device("cpu")
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
@@ -122,8 +122,8 @@ def test_fit_history_and_checkpoint(tiny_cnn, tmp_path):
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert all(set(row) == HISTORY_KEYS for row in history)
     assert all(0 <= row["val_acc"] <= 1 and row["seconds"] >= 0 for row in history)
-    saved = torch.load(path, weights_only=True)
-    assert saved.keys() == tiny_cnn.state_dict().keys()
+    saved = checkpoints.load(path, into=copy.deepcopy(tiny_cnn)).model.state_dict()
+    assert all(torch.equal(saved[key], tensor) for key, tensor in tiny_cnn.state_dict().items())
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"], "no temporary files left"
 
 
@@ -153,7 +153,7 @@ def test_fit_restores_the_best_epoch(tmp_path):
     accuracies = [row["val_acc"] for row in history]
     assert accuracies[0] == 1.0 and accuracies[-1] < 0.5, accuracies
     assert train.evaluate(model, nn.CrossEntropyLoss(), val_loader, CPU, progress=False)["acc"] == 1.0
-    for key, tensor in torch.load(path, weights_only=True).items():
+    for key, tensor in checkpoints.load(path, into=nn.Linear(2, 3)).model.state_dict().items():
         assert torch.equal(model.state_dict()[key], tensor)
 
 
@@ -163,40 +163,6 @@ def test_fit_rejects_bad_epochs(tiny_cnn, epochs):
     optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=f"got {epochs!r}"):
         train.fit(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, loader, CPU, epochs=epochs, progress=False)
-
-
-def test_checkpoint_round_trip(tiny_cnn, tmp_path):
-    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
-    other = copy.deepcopy(tiny_cnn)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(1.0)
-    assert train.load_checkpoint(other, path) is other
-    for key, tensor in tiny_cnn.state_dict().items():
-        assert torch.equal(other.state_dict()[key], tensor)
-
-
-def test_failed_save_keeps_the_previous_checkpoint(tiny_cnn, tmp_path, monkeypatch):
-    path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
-    good = path.read_bytes()
-
-    def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"half a checkpoint")
-        raise RuntimeError("disk full (test)")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with torch.no_grad():
-        tiny_cnn[-1].weight.add_(1.0)
-    with pytest.raises(RuntimeError, match="disk full"):
-        train.save_checkpoint(tiny_cnn, path)
-    assert path.read_bytes() == good
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "the temporary file must be removed"
-
-
-def test_load_checkpoint_missing_file(tiny_cnn, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        train.load_checkpoint(tiny_cnn, tmp_path / "missing.pt")
 
 
 def test_predict_returns_every_logit_in_order_in_eval_mode():
@@ -328,32 +294,6 @@ def test_a_single_image_gets_the_batch_dimension_hint(tiny_cnn):
         train.evaluate(tiny_cnn, nn.CrossEntropyLoss(), dataset, CPU, progress=False)  # a dataset, no DataLoader
     with pytest.raises(ValueError, match=r"unsqueeze\(0\)"):
         train.predict(tiny_cnn, [(dataset[0][0], 0)], CPU)
-
-
-def test_checkpoint_is_fsynced_before_the_rename(tiny_cnn, tmp_path, monkeypatch):
-    import os
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_size)), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", 0)), real_replace(a, b)))
-    train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
-    assert [name for name, _ in events][:2] == ["fsync", "replace"]
-    assert events[0][1] == (tmp_path / "model.pt").stat().st_size, "the whole file was flushed first"
-
-
-@pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX permissions")
-def test_checkpoint_gets_the_users_normal_permissions(tiny_cnn, tmp_path):
-    import os
-
-    old = os.umask(0o022)
-    try:
-        path = train.save_checkpoint(tiny_cnn, tmp_path / "model.pt")
-        reference = tmp_path / "plain.txt"
-        reference.write_text("made with open()")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644
 
 
 def test_fit_steps_a_batch_scheduler_after_every_optimizer_step():
