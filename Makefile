@@ -44,7 +44,7 @@ notebooks: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/time_to_accuracy.py --repeats 3
-	$(BIN)/python benchmarks/inference_throughput.py
+	$(BIN)/python benchmarks/feature_extraction.py
 
 student: $(STAMP)
 	$(BIN)/python -m course_admin validate

@@ -55,7 +55,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
     """Build an ImageNet classifier and the preprocessing that matches its weights.
 
     The model is returned in eval mode and in ``channels_last`` memory format: on 2 CPU cores that ran
-    EfficientNet-Lite0 about 1.6x as fast as the default layout (benchmarks/inference_throughput.py).
+    EfficientNet-Lite0 about 1.6x as fast as the default layout (benchmarks/feature_extraction.py).
 
     Args:
         name: One of ``BACKBONES``; ``OFFLINE_BACKBONES`` need no download.

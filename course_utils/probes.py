@@ -8,64 +8,43 @@ features stop being general and start being specific to the data it was pretrain
 """
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from course_utils.train import atomic_save
-
-
-def _digest(tensors: Iterable[torch.Tensor], *, extra: str = "") -> str:
-    """A short hash of ``extra`` and the exact bytes, shapes and dtypes of ``tensors``."""
-    digest = hashlib.blake2b(extra.encode(), digest_size=12)
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def _pool(activation: torch.Tensor) -> torch.Tensor:
-    """Global average over the spatial positions of an ``(N, C, H, W)`` output; ``(N, C)`` stays as it is."""
-    return activation.float().mean(dim=(2, 3)) if activation.dim() == 4 else activation.float().flatten(1)
+from course_utils.checkpoints import atomic_save, check_writable
+from course_utils.engines import frozen_forward, weights_digest
+from course_utils.features import Extracted, cache_path, load_cache
 
 
 def _forward_all(
     model: nn.Module, batches: list[torch.Tensor], stages: Sequence[str], maps: Sequence[str], device: torch.device,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    from course_utils.gradients import capture_activations
-
-    pooled: dict[str, list[torch.Tensor]] = {name: [] for name in stages}
-    full: dict[str, list[torch.Tensor]] = {name: [] for name in maps}
-    was_training = model.training
-    model.eval().to(device)
-    try:
-        with capture_activations(model, list(dict.fromkeys([*stages, *maps]))) as outputs, torch.inference_mode():
-            for images in batches:
-                model(images.to(device).contiguous(memory_format=torch.channels_last))
-                for name in stages:
-                    pooled[name].append(_pool(outputs[name]).cpu())
-                for name in maps:
-                    full[name].append(outputs[name].float().cpu().contiguous())
-    finally:
-        model.train(was_training)
+    engine: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    model.to(device)
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    with frozen_forward(model, batches[0], images=sum(map(len, batches)), pooled=stages, maps=maps, engine=engine,
+                        device=device) as forward:
+        for images in batches:
+            chunks.append(forward(images))
+    names = [*stages, *maps]
     # Outside inference mode: cat makes ordinary tensors that can feed a trainable head.
-    return ({name: torch.cat(chunks).clone() for name, chunks in pooled.items()},
-            {name: torch.cat(chunks).clone() for name, chunks in full.items()})
+    joined = {i: torch.cat([chunk[i] for chunk in chunks]).clone() for i in range(len(names))}
+    return ({name: joined[i] for i, name in enumerate(stages)},
+            {name: joined[len(stages) + i] for i, name in enumerate(maps)}, forward.engine)
 
 
 def stage_features(
     model: nn.Module, dataset, *, stages: Sequence[str], maps: Sequence[str] = (), batch_size: int = 64,
-    cache_dir=None, device: torch.device | str | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    cache_dir=None, device: torch.device | str | None = None, engine: str = "auto",
+) -> Extracted:
     """Globally average-pooled outputs of several stages, from one forward pass per image, optionally cached.
 
     Forward hooks (:func:`gradients.capture_activations`, removed afterwards) record each stage's output
     while the model runs in eval mode under ``torch.inference_mode``; each ``(N, C, H, W)`` output is
-    averaged over its positions to ``(N, C)``.
+    averaged over its positions to ``(N, C)``. On the CPU with onnxruntime installed and enough images,
+    the same network runs exported to ONNX Runtime (``engines.frozen_forward``; equal within 1e-4 relative).
 
     Args:
         model: Any network; its mode is restored afterwards.
@@ -75,17 +54,19 @@ def stage_features(
             need: see :func:`scenarios.top_of`). Keep them few: they are larger than pooled features.
         batch_size: Images per forward pass.
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
-            name hashes the stage names, the model's weights, the exact input tensors and labels, so any change
-            of images, transform or weights computes the features again.
+            name (``features.cache_path``) hashes the stage names, the model's weights, and the dataset's
+            files and transforms, or, for images held in memory, the exact input tensors and labels: any
+            change of images, transform or weights computes the features again.
         device: Where the model runs (``None``: :func:`train.select_device`); it is moved there.
+        engine: ``"auto"``, ``"onnxruntime"`` or ``"torch"`` (see ``engines.frozen_forward``).
 
     Returns:
         ``(pooled, maps, labels)``: ``{stage: (N, C)}`` float32, ``{stage: (N, C, H, W)}`` float32 for the
-        stages in ``maps``, and ``(N,)`` int64 labels.
+        stages in ``maps``, and ``(N,)`` int64 labels; ``.engine`` says what computed them.
 
     Raises:
         ValueError: ``stages`` is empty, a stage is not a submodule, ``batch_size`` is not a positive
-            integer, or the dataset is empty.
+            integer, the dataset is empty, or ``engine`` is unknown.
 
     Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
@@ -109,19 +90,17 @@ def stage_features(
     labels = torch.cat(labels)
     path = None
     if cache_dir is not None:
-        names = "|".join(stages) + "/" + "|".join(maps)
-        key = _digest([*model.state_dict().values(), *batches, labels], extra=names)
-        path = Path(cache_dir) / f"stages-{key}.pt"
-        if path.is_file():
-            try:
-                cached = torch.load(path, map_location="cpu", weights_only=True)
-                return cached["pooled"], cached["maps"], cached["labels"]
-            except Exception:  # noqa: BLE001 - a damaged cache file is computed again and overwritten
-                pass
-    pooled, full = _forward_all(model, batches, stages, maps, device)
+        path = cache_path(cache_dir, kind="stages", weights=weights_digest(model), dataset=dataset,
+                          key="|".join(stages) + "/" + "|".join(maps), inputs=[*batches, labels])
+        cached = load_cache(path, ["pooled", "maps", "labels", "engine"])
+        if cached is not None:
+            return Extracted((cached["pooled"], cached["maps"], cached["labels"]),
+                             engine=f"cache (computed by {cached['engine']})")
+        check_writable(path)
+    pooled, full, used = _forward_all(model, batches, stages, maps, device, engine)
     if path is not None:
-        atomic_save({"pooled": pooled, "maps": full, "labels": labels}, path)
-    return pooled, full, labels
+        atomic_save({"pooled": pooled, "maps": full, "labels": labels, "engine": used}, path)
+    return Extracted((pooled, full, labels), engine=used)
 
 
 def per_class_subset(labels: torch.Tensor | Sequence[int], per_class: int | None, *, seed: int) -> torch.Tensor:

@@ -71,6 +71,28 @@ def test_check_onnx_export_fails_with_its_own_messages(tiny_timm_net, exported, 
         exercise_checks.check_onnx_export(exported, other, (3, 15, 15))
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_export_onnx_checks_parity_and_keeps_a_dynamic_batch(tiny_timm_net, tmp_path, dynamo):
+    path = deploy.export_onnx(tiny_timm_net, torch.randn(2, 3, 15, 15), tmp_path / "net.onnx", dynamo=dynamo)
+    session = deploy.onnx_session(path, threads=1)
+    assert [i.name for i in session.get_inputs()] == ["images"] and session.get_outputs()[0].name == "output0"
+    images = torch.randn(5, 3, 15, 15)
+    with torch.no_grad():
+        expected = tiny_timm_net(images)
+    torch.testing.assert_close(deploy.run_onnx(session, images), expected, atol=1e-5, rtol=1e-5)
+    assert [p.name for p in tmp_path.iterdir()] == ["net.onnx"]
+
+
+def test_export_onnx_refuses_an_export_that_differs_from_pytorch(tiny_timm_net, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="at least 2 images"):
+        deploy.export_onnx(tiny_timm_net, torch.randn(1, 3, 15, 15), tmp_path / "one.onnx", dynamo=False)
+    real = deploy.run_onnx_outputs
+    monkeypatch.setattr(deploy, "run_onnx_outputs", lambda session, images: tuple(o + 1e-2 for o in real(session, images)))
+    with pytest.raises(ValueError, match=r"differ from PyTorch's by \d\.\de-0\d \(relative\), more than the tolerance 0\.0001.*removed"):
+        deploy.export_onnx(tiny_timm_net, torch.randn(2, 3, 15, 15), tmp_path / "net.onnx", dynamo=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_session_refuses_missing_files_and_bad_thread_counts(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="No ONNX model at .*nothing.onnx"):
         deploy.onnx_session(tmp_path / "nothing.onnx")

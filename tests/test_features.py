@@ -143,6 +143,79 @@ def test_cache_needs_a_file_list(tiny_cnn, tmp_path):
         features.extract_features(tiny_cnn, _images(), cache_dir=tmp_path, progress=False)
 
 
+def test_onnx_runtime_gives_the_eager_features_and_says_so(tiny_cnn):
+    pytest.importorskip("onnxruntime")
+    eager = features.extract_features(tiny_cnn, _images(), progress=False, engine="torch")
+    fast = features.extract_features(tiny_cnn, _images(), progress=False, engine="onnxruntime", batch_size=4)
+    assert (eager.engine, fast.engine) == ("torch", "onnxruntime")
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast[1], eager[1]) and not fast[0].is_inference()
+    assert features.extract_features(tiny_cnn, _images(), progress=False).engine == "torch", "6 images: no export"
+
+
+def test_real_backbone_on_onnx_runtime_matches_eager():
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("onnxruntime")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()  # Conv2dSame
+    dataset = _images(n=5, size=48)
+    eager = features.extract_features(model, dataset, progress=False, engine="torch")
+    fast = features.extract_features(model, dataset, progress=False, engine="onnxruntime")
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
+
+
+def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
+    import importlib.util
+
+    from course_utils import deploy, engines
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(engines, "ONNX_MIN_IMAGES", 1)
+    monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot export this")
+
+    monkeypatch.setattr(deploy, "export_onnx", broken)
+    with pytest.warns(RuntimeWarning, match="cannot export this"):
+        result = features.extract_features(tiny_cnn, _images(), progress=False)
+    assert result.engine == "torch"
+    with pytest.raises(RuntimeError, match="cannot export this"):
+        features.extract_features(tiny_cnn, _images(), progress=False, engine="onnxruntime")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert features.extract_features(tiny_cnn, _images(), progress=False).engine == "torch"
+    with pytest.raises(ValueError, match=r"pip install \"course-utils\[deploy\]\""):
+        features.extract_features(tiny_cnn, _images(), progress=False, engine="onnxruntime")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        features.extract_features(tiny_cnn, _images(), progress=False, engine="tensorrt")
+
+
+def test_cache_hit_does_not_depend_on_the_engine(tiny_cnn, tiny_dataset, tmp_path):
+    pytest.importorskip("onnxruntime")
+    dataset = _folder_dataset(tiny_dataset / "train")
+    fast = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, progress=False, engine="onnxruntime")
+    assert _cached(tiny_cnn, dataset, tmp_path), "an eager call is served the file ONNX Runtime wrote"
+    hit = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, progress=False, engine="torch")
+    assert hit.engine == "cache (computed by onnxruntime)" and torch.equal(hit[0], fast[0])
+    eager = features.extract_features(tiny_cnn, dataset, progress=False, engine="torch")
+    torch.testing.assert_close(hit[0], eager[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("damage", [b"not a torch file", b"", "no labels"])
+def test_a_damaged_cache_file_is_reported_and_rebuilt(tiny_cnn, tiny_dataset, tmp_path, damage):
+    dataset = _folder_dataset(tiny_dataset / "train")
+    first = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, progress=False)
+    (path,) = tmp_path.glob("features-*.pt")
+    if isinstance(damage, bytes):
+        path.write_bytes(damage)
+    else:
+        torch.save({"features": first[0]}, path)
+    with pytest.warns(RuntimeWarning, match=f"cache file {path} is damaged"):
+        again = features.extract_features(tiny_cnn, dataset, cache_dir=tmp_path, progress=False)
+    assert torch.equal(again[0], first[0]) and again.engine == "torch"
+    assert _cached(tiny_cnn, dataset, tmp_path), "the damaged file was overwritten"
+
+
 def _blobs(n, seed):
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 3

@@ -61,12 +61,48 @@ def test_stage_features_cache_is_keyed_by_labels(tiny_cnn, images, tmp_path):
     assert len(list(tmp_path.glob("stages-*.pt"))) == 2
 
 
-def test_a_damaged_cache_file_is_recomputed(tiny_cnn, images, tmp_path):
+def test_a_damaged_cache_file_is_reported_and_recomputed(tiny_cnn, images, tmp_path):
     first, _, _ = probes.stage_features(tiny_cnn, images, stages=["2"], cache_dir=tmp_path)
     (path,) = tmp_path.glob("stages-*.pt")
     path.write_bytes(b"not a torch file")
-    again, _, _ = probes.stage_features(tiny_cnn, images, stages=["2"], cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="is damaged .*computing it again"):
+        again, _, _ = probes.stage_features(tiny_cnn, images, stages=["2"], cache_dir=tmp_path)
     assert torch.equal(again["2"], first["2"])
+    assert probes.stage_features(tiny_cnn, images, stages=["2"], cache_dir=tmp_path).engine.startswith("cache")
+
+
+def test_onnx_runtime_gives_the_eager_stage_features(tiny_cnn, images):
+    pytest.importorskip("onnxruntime")
+    eager = probes.stage_features(tiny_cnn, images, stages=["2", "5", "8"], maps=["5"], batch_size=3, engine="torch")
+    fast = probes.stage_features(tiny_cnn, images, stages=["2", "5", "8"], maps=["5"], batch_size=3,
+                                 engine="onnxruntime", device="cpu")
+    assert (eager.engine, fast.engine) == ("torch", "onnxruntime")
+    for got, want in zip(fast[:2], eager[:2]):
+        assert list(got) == list(want)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast[2], eager[2])
+    assert all(not m._forward_hooks for m in tiny_cnn.modules()), "every hook is removed"
+
+
+def test_folder_datasets_are_keyed_by_their_files_like_extract_features(tiny_cnn, tiny_dataset, tmp_path):
+    import os
+    import shutil
+
+    from torchvision.transforms import v2
+
+    from course_utils import data
+
+    shutil.copytree(tiny_dataset / "val", tmp_path / "val")
+    transform = v2.Compose([v2.Resize((12, 12)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    folder = data.image_folder(tmp_path / "val", transform=transform)
+    cache = tmp_path / "cache"
+    probes.stage_features(tiny_cnn, folder, stages=["5"], cache_dir=cache)
+    assert probes.stage_features(tiny_cnn, folder, stages=["5"], cache_dir=cache).engine == "cache (computed by torch)"
+    path = folder.samples[0][0]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same pixels, but the file was replaced
+    assert probes.stage_features(tiny_cnn, folder, stages=["5"], cache_dir=cache).engine == "torch"
 
 
 @pytest.mark.parametrize("kwargs, message", [
