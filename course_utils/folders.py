@@ -187,7 +187,8 @@ def stratified_split(dataset: ImageFolder, *, val_fraction: float, seed: int = 0
     Raises:
         ValueError: ``val_fraction`` is not strictly between 0 and 1, or a class has fewer than 2 images.
 
-    Used in: 01_data_loading.ipynb (through find_splits)
+    Used in: 11_your_own_images.ipynb (through audit.holdout_splits); any notebook given a folder without
+        a validation folder (through find_splits)
     """
     import torch
 
@@ -245,7 +246,10 @@ def find_splits(
             no ``train/`` beside other split folders, ``train/`` without a validation split, two folders
             for one split, class folders that differ between splits, a single class, or a bad ``val_fraction``.
 
-    Used in: every notebook
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb; 09_when_to_transfer.ipynb and
+        11_your_own_images.ipynb (through domains and audit.holdout_splits)
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -256,23 +260,35 @@ def find_splits(
     if not found:
         full = image_folder(folder)
         _check_classes(full, "all images")
-        train, val = stratified_split(full, val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
-                                       seed=seed)
-        return {"train": train, "val": val}
+        return dict(zip(("train", "val"), stratified_split(
+            full, val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed)))
+    splits = _train_and_val(folder, found, val_fraction=val_fraction, seed=seed)
+    if "test" in found:
+        splits["test"] = image_folder(found["test"])
+    for name in ("val", "test"):
+        if name in splits:
+            _check_classes(_folder_of(splits[name]), name, reference=_folder_of(splits["train"]))
+    return splits
+
+
+def _train_and_val(
+    folder: Path, found: dict[str, Path], *, val_fraction: float | None, seed: int
+) -> dict[str, Dataset]:
+    """The train and validation splits of a folder with split folders (``found``: by role)."""
     if "train" not in found:
         raise ValueError(
             f"{folder} has {', '.join(p.name + '/' for p in found.values())} but no train/ folder. "
             "Rename the folder of training images to train/ (or move all class folders directly into "
             f"{folder} to have them split by class)."
         )
-    splits = {"train": image_folder(found["train"])}
-    _check_classes(splits["train"], "train")
+    train = image_folder(found["train"])
+    _check_classes(train, "train")
+    if "val" in found and val_fraction is not None:
+        raise ValueError(f"val_fraction={val_fraction!r} was given, but {found['val']} already is the "
+                         "validation split. Leave val_fraction out (or remove that folder).")
     if "val" in found:
-        if val_fraction is not None:
-            raise ValueError(f"val_fraction={val_fraction!r} was given, but {found['val']} already is the "
-                             "validation split. Leave val_fraction out (or remove that folder).")
-        splits["val"] = image_folder(found["val"])
-    elif val_fraction is None:
+        return {"train": train, "val": image_folder(found["val"])}
+    if val_fraction is None:
         test_note = f" ({found['test'].name}/ is the test set and is kept apart)" if "test" in found else ""
         raise ValueError(
             f"{folder} has {found['train'].name}/ but no validation folder{test_note}. Choosing epochs or models "
@@ -280,14 +296,7 @@ def find_splits(
             "with the same class folders, or call find_splits(folder, val_fraction=0.2) to hold out 20% of "
             f"each class of {found['train'].name}/."
         )
-    else:
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction=val_fraction, seed=seed)
-    if "test" in found:
-        splits["test"] = image_folder(found["test"])
-    for name in ("val", "test"):
-        if name in splits:
-            _check_classes(_folder_of(splits[name]), name, reference=_folder_of(splits["train"]))
-    return splits
+    return dict(zip(("train", "val"), stratified_split(train, val_fraction=val_fraction, seed=seed)))
 
 
 def _folder_of(dataset: Dataset) -> ImageFolder:

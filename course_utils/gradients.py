@@ -85,15 +85,28 @@ def _short_list(names: Sequence[str], limit: int = 25) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+@dataclass
+class GradientStep:
+    """One step of :func:`record_gradient_norms`: its number, loss, and gradient norm per name or group.
+
+    Used in: 07_gradient_flow.ipynb (what record_gradient_norms returns)
+    """
+
+    step: int
+    loss: float
+    norms: dict[str, float | None]
+
+
 def record_gradient_norms(
     model: nn.Module, batches: Iterable, *, steps: int, criterion: nn.Module,
     optimizer: torch.optim.Optimizer | None = None, groups: Sequence[str] | None = None,
     relative: bool = False, amp: bool = False,
-) -> list[dict]:
-    """Run ``steps`` training steps and record the gradient norms after each backward pass.
+) -> list[GradientStep]:
+    """Run ``steps`` training steps (``train.train_one_epoch``) and record the gradient norms after each backward.
 
     The model is put in train mode, with the BatchNorm layers whose parameters are all frozen kept in
-    eval mode (as in fine-tuning). ``batches`` is cycled if it has fewer than ``steps`` batches.
+    eval mode (as in fine-tuning). ``batches`` is cycled if it has fewer than ``steps`` batches, and each
+    batch is moved to the device of the model's parameters.
 
     Args:
         model: The network; its weights change only if ``optimizer`` is given.
@@ -106,34 +119,25 @@ def record_gradient_norms(
             the recorded gradients are the true ones); ignored on other devices.
 
     Returns:
-        One dict per step: ``{"step": i, "loss": float, "norms": {name: norm or None}}``.
+        One :class:`GradientStep` per step.
 
     Raises:
         ValueError: ``steps`` is not a positive integer, or ``batches`` is empty.
 
     Used in: 07_gradient_flow.ipynb
     """
-    from course_utils.surgery import eval_frozen_batchnorm
+    from course_utils.train import train_one_epoch
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer such as 5, got {steps!r}.")
-    model.train()
-    eval_frozen_batchnorm(model)
-    source, history = itertools.cycle(batches), []
-    for step in range(steps):
-        batch = next(source, None)
-        if batch is None:
-            raise ValueError("batches is empty: pass a DataLoader or a list of (images, targets).")
-        images, targets = batch
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16,
-                            enabled=amp and images.device.type == "cuda"):
-            loss = criterion(model(images), targets)
-        loss.backward()
-        history.append({"step": step, "loss": loss.item(),
-                        "norms": gradient_norms(model, groups=groups, relative=relative)})
-        if optimizer is not None:
-            optimizer.step()
+    history: list[GradientStep] = []
+
+    def record(loss: float) -> None:  # after backward, before the optimizer's step
+        history.append(GradientStep(len(history), loss, gradient_norms(model, groups=groups, relative=relative)))
+
+    train_one_epoch(model, criterion, optimizer, itertools.islice(itertools.cycle(batches), steps),
+                    next(model.parameters()).device, progress=False, autocast=torch.bfloat16 if amp else None,
+                    after_backward=record)
     return history
 
 

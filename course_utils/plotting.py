@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from course_utils.data import denormalize
+
+if TYPE_CHECKING:
+    from course_utils.tuning import RangeTest
 
 
 def show_image(
@@ -158,7 +162,7 @@ def _layout_square_panels(fig, *, rows: int, cell: float, title_lines: int, new:
         fig.tight_layout()
 
 
-def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=None):
+def plot_lr_range(result: RangeTest, *, title: str = "Learning-rate range test", ax=None):
     """Loss against learning rate (log x axis) from :func:`course_utils.tuning.lr_range_test`.
 
     The raw losses are drawn as dots, the smoothed loss as a line, and the two suggested rates
@@ -170,23 +174,23 @@ def plot_lr_range(result: dict, *, title: str = "Learning-rate range test", ax=N
     Raises:
         ValueError: ``result`` has no recorded steps.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb
     """
     import matplotlib.pyplot as plt
 
-    if not result.get("lr"):
+    if not result.lr:
         raise ValueError("result has no steps: pass what tuning.lr_range_test(...) returned.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(result["lr"], result["loss"], ".", color="lightgrey", label="loss per batch")
-    ax.plot(result["lr"], result["smoothed"], color="C0", label="smoothed loss")
-    ax.axvline(result["min_loss_lr"] / 10, color="C1", linestyle="--",
-               label=f"lowest loss / 10 = {result['min_loss_lr'] / 10:.1e}")
-    ax.axvline(result["steepest_lr"], color="C2", linestyle=":", label=f"steepest = {result['steepest_lr']:.1e}")
+    ax.plot(result.lr, result.loss, ".", color="lightgrey", label="loss per batch")
+    ax.plot(result.lr, result.smoothed, color="C0", label="smoothed loss")
+    ax.axvline(result.min_loss_lr / 10, color="C1", linestyle="--",
+               label=f"lowest loss / 10 = {result.min_loss_lr / 10:.1e}")
+    ax.axvline(result.steepest_lr, color="C2", linestyle=":", label=f"steepest = {result.steepest_lr:.1e}")
     ax.set_xscale("log")
     # The smoothed curve sets the top (a diverging loss would squash the rest); every loss fits at the bottom.
-    low = min(min(result["smoothed"]), min(result["loss"]))
-    high = max(result["smoothed"][0], min(result["smoothed"]) * 2)
+    low = min(min(result.smoothed), min(result.loss))
+    high = max(result.smoothed[0], min(result.smoothed) * 2)
     ax.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.3 * (high - low) + 1e-3)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

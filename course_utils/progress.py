@@ -30,9 +30,12 @@ def progress_bar(iterable: Iterable, *, desc: str, disable: bool = False) -> Ite
     Used in: every notebook that trains, evaluates or extracts features (through ``train`` and ``features``)
     """
     from tqdm.auto import tqdm
+    from tqdm.std import tqdm as terminal_tqdm
 
     if disable or not _in_notebook(tqdm):
-        return tqdm(iterable, desc=desc, leave=False, disable=disable)
+        # tqdm.auto's terminal bar calls iter() on construction and again when looped over: a DataLoader
+        # would draw from its generator (and start its workers) twice per epoch. tqdm.std calls it once.
+        return terminal_tqdm(iterable, desc=desc, leave=False, disable=disable)
     return _notebook_bar_class()(iterable, desc=desc, leave=False)
 
 

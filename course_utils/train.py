@@ -1,14 +1,16 @@
-"""Training and evaluation loops in the style of torchvision's reference scripts.
+"""The course's one training loop, in the style of torchvision's reference scripts.
 
-``fit`` runs ``train_one_epoch`` and ``evaluate`` for a number of epochs and returns a history: one
-dict per epoch with ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``seconds``.
-``fit(..., checkpoint=path)`` saves the best weights with :func:`course_utils.checkpoints.save`.
+:func:`train_step` is one optimizer step on one batch, :func:`train_one_epoch` runs it over a loader, and
+:func:`fit` alternates epochs with :func:`evaluate` and returns a history (one dict per epoch: ``epoch``,
+``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``seconds``). Everything in the package that trains
+goes through them: ``features.train_head`` is ``fit`` over cached features, ``tuning.lr_range_test`` and
+``gradients.record_gradient_norms`` hook into the step. What the loops refuse is in ``training_checks``.
 """
 from __future__ import annotations
 
-import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from torch import nn
 
 from course_utils import checkpoints
 from course_utils.checkpoints import atomic_save, check_writable  # noqa: F401 - atomic_save: for features, probes
+from course_utils.training_checks import (
+    check_batch, check_head_fits, check_labels, check_learning_rates, check_seen, check_skipped, first_batch_checked,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -63,26 +68,6 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
-def check_batch(images: torch.Tensor) -> None:
-    """Refuse a single image where a model needs a batch, with the fix (``unsqueeze(0)``).
-
-    Raises:
-        TypeError: ``images`` is not a tensor.
-        ValueError: ``images`` is 3-D, e.g. one ``(C, H, W)`` image.
-
-    Used in: 01_data_loading.ipynb (the missing batch dimension), through evaluate and predict
-    """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"Expected a batch of images as a tensor, got a {type(images).__name__}. "
-                        "Iterate over a DataLoader (it stacks images into batches), not over the dataset.")
-    if images.dim() == 3:
-        raise ValueError(
-            f"Got a 3-D tensor of shape {tuple(images.shape)}, but models take a batch (N, C, H, W). "
-            "For one image add the batch dimension: image.unsqueeze(0); for a dataset, iterate over a "
-            "DataLoader instead of the dataset itself."
-        )
-
-
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     # channels_last for image batches, matching models.load_backbone: ~1.6x faster on CPU (benchmarks/).
     check_batch(x)
@@ -90,16 +75,59 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True, memory_format=fmt)
 
 
-def train_one_epoch(
-    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader,
-    device: torch.device, *, scaler: torch.amp.GradScaler | None = None, progress: bool = True,
-    batch_scheduler=None,
-) -> dict[str, float]:
-    """One pass over ``data_loader`` with gradient steps; returns mean ``loss`` and ``acc``.
+def train_step(
+    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer | None, images: torch.Tensor,
+    targets: torch.Tensor, *, scaler: torch.amp.GradScaler | None = None, autocast: torch.dtype | None = None,
+    after_backward: Callable[[float], None] | None = None,
+) -> tuple[float, torch.Tensor]:
+    """One training step on one batch (already on its device): forward, loss, ``backward``, optimizer step.
 
-    With a ``scaler`` (``torch.amp.GradScaler``) every loss is scaled before ``backward`` and the
-    optimizer is stepped through it; on CUDA the forward pass then runs in float16 (mixed precision).
-    A ``batch_scheduler`` (e.g. warm-up then cosine decay) is stepped after every optimizer step.
+    Args:
+        optimizer: Stepped after ``backward``; None computes the gradients without changing a weight.
+        scaler: A ``torch.amp.GradScaler``: the loss is scaled before ``backward``, the step goes through it.
+        autocast: On CUDA, the forward pass and loss run in this dtype (``torch.float16`` with a scaler,
+            ``torch.bfloat16`` without); None, or another device: float32.
+        after_backward: Called with the loss (a float) between ``backward`` and the step: the gradients are
+            in ``.grad`` (scaled, with a scaler), and this step's learning rates can still be set.
+
+    Returns:
+        ``(loss, logits)``: the batch's mean loss and the detached logits.
+
+    Used in: every notebook that trains (through train_one_epoch)
+    """
+    device_type = images.device.type
+    with torch.autocast(device_type=device_type, dtype=autocast or torch.float16,
+                        enabled=autocast is not None and device_type == "cuda"):
+        logits = model(images)
+        check_labels(targets, logits)
+        loss = criterion(logits, targets)
+    model.zero_grad(set_to_none=True)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    value = loss.item()
+    if after_backward is not None:
+        after_backward(value)
+    if optimizer is not None and scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif optimizer is not None:
+        optimizer.step()
+    return value, logits.detach()
+
+
+def train_one_epoch(
+    model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer | None, data_loader,
+    device: torch.device | str, *, scaler: torch.amp.GradScaler | None = None, progress: bool = True,
+    batch_scheduler=None, autocast: torch.dtype | None = None,
+    after_backward: Callable[[float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``data_loader``, a :func:`train_step` per batch; returns mean ``loss`` and ``acc``.
+
+    With a ``scaler`` (``torch.amp.GradScaler``) the forward pass runs in float16 on CUDA (mixed
+    precision; ``autocast`` picks another dtype), and every loss is scaled before ``backward``. A
+    ``batch_scheduler`` (e.g. warm-up then cosine decay) is stepped after every optimizer step;
+    ``after_backward`` is passed to :func:`train_step`.
 
     A batch of one image is skipped with a warning when the model has BatchNorm layers in training mode
     (they cannot normalise it); ``drop_last=True`` on the loader avoids it.
@@ -109,7 +137,9 @@ def train_one_epoch(
             holds one image under BatchNorm, or a label has no output in the model.
         TypeError: The first batch is not float images (see ``models.check_images``).
 
-    Used in: 04_model_surgery.ipynb, 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
+    Used in: 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP script); every other notebook
+        that trains through fit, features.train_head, tuning.lr_range_test, gradients.record_gradient_norms or
+        scenarios.finetune
     """
     from course_utils.progress import progress_bar
     from course_utils.surgery import eval_frozen_batchnorm
@@ -117,7 +147,7 @@ def train_one_epoch(
     device = torch.device(device)
     model.train()
     eval_frozen_batchnorm(model)  # frozen BatchNorms keep their running statistics
-    amp = scaler is not None and device.type == "cuda"
+    autocast = torch.float16 if autocast is None and scaler is not None else autocast
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
     total_loss = correct = seen = skipped = 0
     for index, (images, targets) in enumerate(progress_bar(data_loader, desc="train", disable=not progress)):
@@ -125,67 +155,17 @@ def train_one_epoch(
             skipped += 1
             continue
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp), _checked(model, index == 0):
-            logits = model(images)
-            _check_labels(targets, logits)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        with first_batch_checked(model, index == 0):
+            loss, logits = train_step(model, criterion, optimizer, images, targets, scaler=scaler,
+                                      autocast=autocast, after_backward=after_backward)
         if batch_scheduler is not None:
             batch_scheduler.step()
-        total_loss += loss.item() * len(targets)
+        total_loss += loss * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
-    _check_skipped(skipped, seen)
-    _check_seen(seen)
+    check_skipped(skipped, seen)
+    check_seen(seen)
     return {"loss": total_loss / seen, "acc": correct / seen}
-
-
-def _checked(model: nn.Module, first: bool):
-    """On the first batch: the model's first convolution checks its input (``models.images_checked``)."""
-    from contextlib import nullcontext
-
-    from course_utils.models import images_checked
-
-    return images_checked(model) if first else nullcontext()
-
-
-def _check_labels(targets: torch.Tensor, logits: torch.Tensor) -> None:
-    """Class labels the head has no output for (a label 5 for a 5-output head), named before the loss fails."""
-    if targets.is_floating_point() or logits.dim() != 2 or targets.numel() == 0:
-        return
-    low, high = int(targets.min()), int(targets.max())
-    if low < 0 or high >= logits.shape[1]:
-        raise ValueError(
-            f"The batch has label {high if high >= logits.shape[1] else low}, but the model has {logits.shape[1]} "
-            f"outputs (labels 0 to {logits.shape[1] - 1}). Give the model one output per class of the dataset: "
-            "models.replace_head(model, len(dataset.classes)); or fix the labels."
-        )
-
-
-def _check_skipped(skipped: int, seen: int) -> None:
-    import warnings
-
-    if skipped and not seen:
-        raise ValueError("Every training batch held 1 image (batch_size=1?), and BatchNorm layers in training "
-                         "mode need at least 2 per batch. Use a batch_size of 2 or more.")
-    if skipped:
-        warnings.warn(f"Skipped {skipped} training batch(es) of 1 image (usually the last, incomplete batch): "
-                      "BatchNorm in training mode needs at least 2 images per batch. Pass drop_last=True to the "
-                      "training DataLoader to drop it on purpose, or choose a batch_size that leaves no single "
-                      "image over.", stacklevel=3)
-
-
-def _check_seen(seen: int) -> None:
-    if seen == 0:
-        raise ValueError("data_loader yielded no batch: check that the dataset is not empty "
-                         "(and that drop_last=True did not drop its only, incomplete batch).")
 
 
 @torch.inference_mode()
@@ -200,8 +180,8 @@ def evaluate(
         ValueError: ``data_loader`` yields no batch or single images, a label has no output in the model,
             or the first batch is not normalised images (``models.check_images``: also TypeError).
 
-    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP
-        script)
+    Used in: 10_deployment_and_scaling.ipynb (its DDP script), 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
+        06_fine_tuning_far_domain.ipynb (through fit)
     """
     from course_utils.progress import progress_bar
 
@@ -210,13 +190,13 @@ def evaluate(
     total_loss = correct = seen = 0
     for index, (images, targets) in enumerate(progress_bar(data_loader, desc="eval", disable=not progress)):
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with _checked(model, index == 0):
+        with first_batch_checked(model, index == 0):
             logits = model(images)
-        _check_labels(targets, logits)
+        check_labels(targets, logits)
         total_loss += criterion(logits, targets).item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
-    _check_seen(seen)
+    check_seen(seen)
     return {"loss": total_loss / seen, "acc": correct / seen}
 
 
@@ -245,55 +225,13 @@ def predict(
     logits, labels = [], []
     with torch.inference_mode():
         for images, targets in progress_bar(data_loader, desc="predict", disable=not progress):
-            with _checked(model, not logits):
+            with first_batch_checked(model, not logits):
                 logits.append(model(_to_device(images, device)).float().cpu())
             labels.append(torch.as_tensor(targets).cpu())
     if not logits:
         raise ValueError("data_loader yielded no batch: check that the dataset is not empty.")
     # Outside inference mode: the clones are ordinary tensors that later autograd code can use.
     return torch.cat(logits).clone(), torch.cat(labels).long().clone()
-
-
-def _dataset_classes(loader) -> list | None:
-    """``.classes`` of the loader's dataset, looking through wrappers (Subset, CachedImages...); else None."""
-    dataset = getattr(loader, "dataset", None)
-    while dataset is not None:
-        if isinstance(getattr(dataset, "classes", None), (list, tuple)):
-            return list(dataset.classes)
-        dataset = getattr(dataset, "dataset", None)
-    return None
-
-
-def _check_head_fits(model: nn.Module, train_loader) -> None:
-    """Refuse to train a head whose output size differs from the number of classes of the training set."""
-    from course_utils.models import get_head
-
-    classes = _dataset_classes(train_loader)
-    if classes is None:
-        return
-    try:
-        name, head = get_head(model)
-    except ValueError:  # no head this check can find: nothing to compare
-        return
-    outputs = getattr(head, "out_features", None)
-    if outputs is not None and outputs != len(classes):
-        raise ValueError(
-            f"The head {name!r} of the model has {outputs} outputs, but the training set has {len(classes)} "
-            f"classes ({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}). Give it a "
-            f"new head first: models.replace_head(model, {len(classes)})."
-        )
-
-
-def _check_learning_rates(optimizer: torch.optim.Optimizer, scheduler) -> None:
-    """Refuse a learning rate that cannot train: NaN, infinite, negative, or 0 everywhere with no scheduler."""
-    rates = [float(group["lr"]) for group in optimizer.param_groups]
-    bad = [lr for lr in rates if not math.isfinite(lr) or lr < 0]
-    if bad:
-        raise ValueError(f"The optimizer's learning rate is {bad[0]!r}; it must be a finite number >= 0, e.g. 1e-3 "
-                         "for Adam or 0.01 for SGD. Check how it was computed (a NaN spreads into every weight).")
-    if scheduler is None and not any(rates):
-        raise ValueError("The optimizer has lr=0 in every parameter group: training trains nothing (no weight "
-                         "changes). Pass a learning rate such as 1e-3, or a scheduler that warms up from 0.")
 
 
 def fit(
@@ -325,13 +263,14 @@ def fit(
             rate is NaN, infinite, negative or 0 without a scheduler, or a label has no output in the head.
         PermissionError: ``checkpoint`` cannot be written (checked before training).
 
-    Used in: 02_data_augmentation.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb
+    Used in: 06_fine_tuning_far_domain.ipynb; 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
+        08_attribution_with_captum.ipynb (through features.train_head)
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     device = torch.device(device)
-    _check_head_fits(model, train_loader)
-    _check_learning_rates(optimizer, scheduler or batch_scheduler)
+    check_head_fits(model, train_loader)
+    check_learning_rates(optimizer, scheduler or batch_scheduler)
     if checkpoint is not None:
         check_writable(checkpoint)  # before training, not after its first epoch
     model.to(device)

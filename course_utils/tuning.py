@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,90 +26,107 @@ def _check_range(start_lr: float, end_lr: float, steps: int) -> None:
         raise ValueError(f"steps must be an integer of at least 5 (e.g. 40), got {steps!r}.")
 
 
+@dataclass
+class RangeTest:
+    """What :func:`lr_range_test` recorded: one entry per step run, and the two rates the rules of thumb pick.
+
+    Attributes:
+        lr: The largest group's learning rate at each step.
+        loss: The mini-batch loss of each step.
+        smoothed: Its exponential moving average.
+
+    Used in: 09_when_to_transfer.ipynb (what lr_range_test returns)
+    """
+
+    lr: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+
+    def add(self, lr: float, loss: float, smoothing: float) -> None:
+        """Record one step; the moving average weighs the newest loss by ``smoothing``."""
+        previous = self.smoothed[-1] if self.smoothed else loss
+        self.lr.append(lr)
+        self.loss.append(loss)
+        self.smoothed.append(smoothing * loss + (1 - smoothing) * previous)
+
+    def diverged(self, factor: float) -> bool:
+        """The last smoothed loss is not finite or exceeds ``factor`` times the lowest so far."""
+        return bool(self.smoothed) and not self.smoothed[-1] <= factor * min(self.smoothed)
+
+    @property
+    def min_loss_lr(self) -> float:
+        """The rate at the lowest finite smoothed loss."""
+        finite = [i for i, value in enumerate(self.smoothed) if math.isfinite(value)]
+        return self.lr[min(finite, key=self.smoothed.__getitem__)]
+
+    @property
+    def steepest_lr(self) -> float:
+        """The rate where the smoothed loss fell fastest per unit of log-rate (else :attr:`min_loss_lr`)."""
+        s, lrs = self.smoothed, self.lr
+        slopes = [((s[i + 1] - s[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])), i)
+                  for i in range(len(s) - 1) if math.isfinite(s[i]) and math.isfinite(s[i + 1])]
+        return lrs[min(slopes)[1]] if slopes else self.min_loss_lr
+
+    def __getitem__(self, key: str):
+        # Dict-style reading (result["min_loss_lr"]) for notebooks written before this was a dataclass.
+        return getattr(self, key)
+
+
 def lr_range_test(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader,
     device: torch.device | str, *, start_lr: float = 1e-6, end_lr: float = 1.0, steps: int = 40,
     smoothing: float = 0.1, diverge_factor: float = 4.0,
-) -> dict:
+) -> RangeTest:
     """Loss after each mini-batch while the learning rate grows from ``start_lr`` to ``end_lr``.
 
-    Step ``t`` uses ``start_lr * (end_lr / start_lr) ** (t / (steps - 1))``. With several parameter groups
-    (discriminative rates) their ratios are kept: the largest group gets that rate and the others the same
-    fraction of it they had in ``optimizer``. The test stops early once the smoothed loss exceeds
-    ``diverge_factor`` times its minimum (or is not finite). Afterwards the model's weights and the
-    optimizer's state and rates are restored.
+    Step ``t`` uses ``start_lr * (end_lr / start_lr) ** (t / (steps - 1))``, set between its ``backward`` and
+    its optimizer step (``after_backward`` of ``train.train_step``). With several parameter groups their
+    ratios are kept: the largest group gets that rate, the others the same fraction of it as in
+    ``optimizer``. The test stops early once the smoothed loss exceeds ``diverge_factor`` times its minimum
+    (or is not finite). Afterwards the model's weights and mode and the optimizer's state and rates are restored.
 
     Args:
-        model, criterion, optimizer, data_loader, device: As for ``train.train_one_epoch``; frozen
-            BatchNorm layers stay in eval mode. ``data_loader`` is cycled if it has fewer than ``steps`` batches.
-        start_lr, end_lr: The range of the largest group's learning rate.
+        model, criterion, optimizer, data_loader, device: As for ``train.train_one_epoch``, which runs the
+            steps; ``data_loader`` is cycled if it has fewer than ``steps`` batches.
         steps: Mini-batches (one optimizer step each).
         smoothing: Weight of the newest loss in the exponential moving average (1 = no smoothing).
-        diverge_factor: Stop when the smoothed loss exceeds this multiple of its minimum.
 
     Returns:
-        ``{"lr": [...], "loss": [...], "smoothed": [...], "min_loss_lr": float, "steepest_lr": float}``:
-        the rates and losses of the steps run, the rate at the lowest smoothed loss, and the rate where the
-        smoothed loss fell fastest. Two common rules of thumb pick ``min_loss_lr / 10`` or ``steepest_lr``.
+        A :class:`RangeTest`. Two common rules of thumb pick ``min_loss_lr / 10`` or ``steepest_lr``.
 
     Raises:
         ValueError: Bad range, ``steps`` below 5, or an empty ``data_loader``.
 
-    Used in: 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb
     """
-    from course_utils.surgery import eval_frozen_batchnorm
-    from course_utils.train import _to_device
+    from course_utils.train import train_one_epoch
 
     _check_range(start_lr, end_lr, steps)
-    device = torch.device(device)
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     top = max(group["lr"] for group in optimizer.param_groups)
     shares = [group["lr"] / top if top > 0 else 1.0 for group in optimizer.param_groups]
-    record = {"lr": [], "loss": [], "smoothed": []}
-    was_training = model.training
+    record, was_training = RangeTest(), model.training
+
+    def set_rate(loss: float) -> None:  # this step's rate, just before its optimizer step
+        lr = start_lr * (end_lr / start_lr) ** (len(record.lr) / (steps - 1))
+        for group, share in zip(optimizer.param_groups, shares):
+            group["lr"] = lr * share
+        record.add(lr, loss, smoothing)
+
+    batches = itertools.takewhile(lambda _: not record.diverged(diverge_factor),
+                                  itertools.islice(itertools.cycle(data_loader), steps))
     try:
-        model.train()
-        eval_frozen_batchnorm(model)
-        batches = itertools.cycle(data_loader)
-        for step in range(steps):
-            lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
-            for group, share in zip(optimizer.param_groups, shares):
-                group["lr"] = lr * share
-            batch = next(batches, None)
-            if batch is None:
-                raise ValueError("data_loader is empty: pass a DataLoader over the training set.")
-            images, targets = _to_device(batch[0], device), batch[1].to(device)
-            loss = criterion(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
-            previous = record["smoothed"][-1] if record["smoothed"] else value
-            smoothed = smoothing * value + (1 - smoothing) * previous
-            record["lr"].append(lr)
-            record["loss"].append(value)
-            record["smoothed"].append(smoothed)
-            if not math.isfinite(smoothed) or smoothed > diverge_factor * min(record["smoothed"]):
-                break
+        train_one_epoch(model, criterion, optimizer, batches, device, progress=False, after_backward=set_rate)
     finally:
         model.load_state_dict(saved_model)
         optimizer.load_state_dict(saved_optimizer)
         model.train(was_training)
-    return {**record, **_suggestions(record)}
+    return record
 
 
-def _suggestions(record: dict) -> dict:
-    """The rate at the lowest smoothed loss, and where the smoothed loss falls fastest per log-rate."""
-    smoothed, lrs = record["smoothed"], record["lr"]
-    finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
-    lowest = min(finite, key=lambda i: smoothed[i])
-    slopes = [(i, (smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])))
-              for i in finite if i + 1 < len(smoothed) and math.isfinite(smoothed[i + 1])]
-    steepest = min(slopes, key=lambda pair: pair[1])[0] if slopes else lowest
-    return {"min_loss_lr": lrs[lowest], "steepest_lr": lrs[steepest]}
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to each group's learning rate, then cosine decay towards 0; step it after every batch.
 
     Step ``t`` (counting from 0) multiplies every group's rate by ``(t + 1) / warmup_steps`` during the

@@ -68,9 +68,9 @@ def test_record_gradient_norms_steps_and_updates(tiny_cnn):
     optimizer = torch.optim.SGD([p for p in tiny_cnn.parameters() if p.requires_grad], lr=0.1)
     history = gradients.record_gradient_norms(tiny_cnn, batches, steps=3, criterion=nn.CrossEntropyLoss(),
                                               optimizer=optimizer, groups=["0", "8"])
-    assert [row["step"] for row in history] == [0, 1, 2]  # one batch, cycled
-    assert all(row["norms"]["0"] is None and row["norms"]["8"] > 0 for row in history)
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert [row.step for row in history] == [0, 1, 2]  # one batch, cycled
+    assert all(row.norms["0"] is None and row.norms["8"] > 0 for row in history)
+    assert history[-1].loss < history[0].loss
     assert not torch.equal(before, tiny_cnn[8].weight)
 
 
@@ -79,7 +79,7 @@ def test_record_gradient_norms_without_optimizer_keeps_weights(tiny_cnn):
     before = {k: v.detach().clone() for k, v in tiny_cnn.named_parameters()}
     history = gradients.record_gradient_norms(tiny_cnn, batches, steps=2, criterion=nn.CrossEntropyLoss())
     assert all(torch.equal(value, tiny_cnn.get_parameter(key)) for key, value in before.items())
-    assert history[0]["norms"] == pytest.approx(history[1]["norms"], rel=1e-6)  # same batch, same weights
+    assert history[0].norms == pytest.approx(history[1].norms, rel=1e-6)  # same batch, same weights
 
 
 def test_record_gradient_norms_amp_is_ignored_off_cuda(tiny_cnn):
@@ -89,7 +89,7 @@ def test_record_gradient_norms_amp_is_ignored_off_cuda(tiny_cnn):
     twin = copy.deepcopy(tiny_cnn)
     plain = gradients.record_gradient_norms(tiny_cnn, batches, steps=1, criterion=nn.CrossEntropyLoss())
     mixed = gradients.record_gradient_norms(twin, batches, steps=1, criterion=nn.CrossEntropyLoss(), amp=True)
-    assert mixed[0]["loss"] == plain[0]["loss"] and mixed[0]["norms"] == plain[0]["norms"]
+    assert mixed[0] == plain[0]
 
 
 @pytest.mark.parametrize("steps", [0, 1.5, True])
@@ -99,7 +99,7 @@ def test_record_gradient_norms_rejects_bad_steps(tiny_cnn, steps):
 
 
 def test_record_gradient_norms_rejects_empty_batches(tiny_cnn):
-    with pytest.raises(ValueError, match="batches is empty"):
+    with pytest.raises(ValueError, match="no batch"):
         gradients.record_gradient_norms(tiny_cnn, [], steps=1, criterion=nn.CrossEntropyLoss())
 
 
@@ -179,3 +179,27 @@ def test_nested_groups_give_each_parameter_to_the_longest_name():
         assert norms["0.1"] == pytest.approx(norm(model[0][1]), rel=1e-6)
         assert norms["0"] == pytest.approx(norm(model[0][0]), rel=1e-6), "0.1's parameters are not counted twice"
         assert norms["1"] == pytest.approx(norm(model[1]), rel=1e-6)
+
+
+def test_record_gradient_norms_match_a_plain_pytorch_loop(tiny_cnn):
+    import copy
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 12, 12, generator=generator), torch.tensor([0, 1, 2, 4])),
+               (torch.randn(4, 3, 12, 12, generator=generator), torch.tensor([3, 3, 1, 0]))]
+    reference = copy.deepcopy(tiny_cnn)
+    history = gradients.record_gradient_norms(tiny_cnn, batches, steps=3, criterion=nn.CrossEntropyLoss(),
+                                              optimizer=torch.optim.SGD(tiny_cnn.parameters(), lr=0.1),
+                                              groups=["0", "3", "8"])
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    reference.train()
+    for step in range(3):
+        images, targets = batches[step % 2]
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(reference(images), targets)
+        loss.backward()
+        expected = {g: torch.cat([p.grad.flatten() for p in reference.get_submodule(g).parameters()]).norm().item()
+                    for g in ["0", "3", "8"]}
+        optimizer.step()
+        assert history[step].step == step and history[step].loss == pytest.approx(loss.item(), rel=1e-5)
+        assert history[step].norms == pytest.approx(expected, rel=1e-5)

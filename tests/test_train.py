@@ -306,3 +306,93 @@ def test_fit_steps_a_batch_scheduler_after_every_optimizer_step():
               batch_scheduler=scheduler)
     assert scheduler.last_epoch == 2 * len(loader)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 8)
+
+
+def _reference_step(model, optimizer, images, targets):
+    """The plain PyTorch step that train.train_step must reproduce."""
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(images), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def test_train_step_is_the_plain_pytorch_step_and_shows_gradients_before_the_update(tiny_cnn):
+    images, targets = _images(6, seed=3).tensors
+    reference = copy.deepcopy(tiny_cnn)
+    ours_opt = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    tiny_cnn.train(), reference.train()
+    seen = []
+
+    def after_backward(loss):  # gradients are there, the weights not yet changed
+        seen.append((loss, tiny_cnn[8].weight.grad.clone(), tiny_cnn[8].weight.detach().clone()))
+
+    for _ in range(2):
+        before = tiny_cnn[8].weight.detach().clone()
+        loss, logits = train.train_step(tiny_cnn, nn.CrossEntropyLoss(), ours_opt, images, targets,
+                                        after_backward=after_backward)
+        assert loss == pytest.approx(_reference_step(reference, ref_opt, images, targets), rel=1e-6)
+        assert logits.shape == (6, 5) and not logits.requires_grad
+        assert torch.equal(seen[-1][2], before) and seen[-1][0] == loss
+        torch.testing.assert_close(seen[-1][1], reference[8].weight.grad)
+    for ours, theirs in zip(tiny_cnn.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_train_step_without_optimizer_only_computes_gradients():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    inputs, targets = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    model.weight.grad = torch.ones_like(model.weight)  # stale: must not add up
+    train.train_step(model, nn.CrossEntropyLoss(), None, inputs, targets)
+    expected = torch.autograd.grad(nn.functional.cross_entropy(model(inputs), targets), model.weight)[0]
+    assert torch.equal(model.weight, before)
+    torch.testing.assert_close(model.weight.grad, expected)
+
+
+def test_after_backward_can_set_each_steps_learning_rate():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = DataLoader(_blobs(), batch_size=20)
+    used = []
+    original_step = optimizer.step
+
+    def spy(*args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return original_step(*args, **kwargs)
+
+    optimizer.step = spy
+
+    def set_rate(loss):
+        optimizer.param_groups[0]["lr"] = 0.01 * (len(used) + 1)
+
+    train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, CPU, progress=False, after_backward=set_rate)
+    assert used == pytest.approx([0.01, 0.02, 0.03])
+
+
+def test_each_epoch_iterates_the_loader_once_as_a_plain_loop_does():
+    """A plain `for x, y in loader` draws one shuffle per epoch from the loader's generator; so does fit."""
+    iterations = []
+
+    class Counted(DataLoader):
+        def __iter__(self):
+            iterations.append(1)
+            return super().__iter__()
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = Counted(_blobs(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5))
+    reference_model = copy.deepcopy(model)
+    reference_optimizer = torch.optim.SGD(reference_model.parameters(), lr=0.1)
+    train.fit(model, nn.CrossEntropyLoss(), optimizer, loader, DataLoader(_blobs(seed=1), batch_size=30), CPU,
+              epochs=2, progress=False, restore_best=False)
+    assert len(iterations) == 2
+    reference_loader = DataLoader(_blobs(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5))
+    for _ in range(2):
+        for points, labels in reference_loader:
+            _reference_step(reference_model, reference_optimizer, points, labels)
+    torch.testing.assert_close(model.weight, reference_model.weight)

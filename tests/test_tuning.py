@@ -1,4 +1,6 @@
 """course_utils.tuning: the learning-rate range test, checked on a tiny model whose loss we understand."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ def test_range_test_restores_weights_buffers_and_optimizer():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu", steps=30)
-    assert len(result["lr"]) == len(result["loss"]) == len(result["smoothed"]) >= 5
+    assert len(result.lr) == len(result.loss) == len(result.smoothed) >= 5
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} was not restored"
     assert optimizer.param_groups[0]["lr"] == 0.05 and not optimizer.state
@@ -36,12 +38,12 @@ def test_rates_grow_exponentially_and_the_test_stops_when_the_loss_explodes():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu",
                                   start_lr=1e-4, end_lr=1e4, steps=60)
-    ratios = [b / a for a, b in zip(result["lr"], result["lr"][1:])]
+    ratios = [b / a for a, b in zip(result.lr, result.lr[1:])]
     assert ratios == pytest.approx([(1e8) ** (1 / 59)] * len(ratios))
-    assert len(result["lr"]) < 60, "a rate of 1e4 must blow the loss up before the last step"
-    assert min(result["smoothed"]) < result["smoothed"][0]  # some rate made the loss fall
-    assert 1e-4 <= result["steepest_lr"] <= result["lr"][-1]
-    assert result["min_loss_lr"] == result["lr"][result["smoothed"].index(min(result["smoothed"]))]
+    assert len(result.lr) < 60, "a rate of 1e4 must blow the loss up before the last step"
+    assert min(result.smoothed) < result.smoothed[0]  # some rate made the loss fall
+    assert 1e-4 <= result.steepest_lr <= result.lr[-1]
+    assert result.min_loss_lr == result.lr[result.smoothed.index(min(result.smoothed))]
 
 
 def test_group_ratios_are_kept():
@@ -90,7 +92,7 @@ def test_plot_lr_range_draws_log_axis_and_suggestions():
     assert ax.get_xscale() == "log" and ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert len(ax.get_legend().get_texts()) == 4
     with pytest.raises(ValueError, match="no steps"):
-        plotting.plot_lr_range({"lr": []})
+        plotting.plot_lr_range(tuning.RangeTest())
 
 
 def test_warmup_cosine_rises_linearly_then_decays_keeping_group_ratios():
@@ -116,3 +118,35 @@ def test_warmup_cosine_refuses_bad_step_counts(kwargs):
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="steps"):
         tuning.warmup_cosine(optimizer, **kwargs)
+
+
+def test_range_test_is_the_plain_pytorch_loop_with_growing_rates():
+    model = _model()
+    reference = copy.deepcopy(model)
+    result = tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                  _loader(), "cpu", start_lr=1e-3, end_lr=1.0, steps=7, smoothing=0.5,
+                                  diverge_factor=1e9)
+    optimizer, losses, batches = torch.optim.SGD(reference.parameters(), lr=0.1), [], list(_loader())
+    reference.train()
+    for step in range(7):  # the loader has 3 batches: cycled
+        optimizer.param_groups[0]["lr"] = 1e-3 * 1000 ** (step / 6)
+        points, labels = batches[step % 3]
+        loss = nn.functional.cross_entropy(reference(points), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert result.loss == pytest.approx(losses, rel=1e-5)
+    assert result.lr == pytest.approx([1e-3 * 1000 ** (step / 6) for step in range(7)])
+    expected = [losses[0]]
+    for loss in losses[1:]:
+        expected.append(0.5 * loss + 0.5 * expected[-1])
+    assert result.smoothed == pytest.approx(expected, rel=1e-5)
+    assert result["min_loss_lr"] == result.min_loss_lr  # dict-style reading still works
+
+
+def test_suggestions_on_a_hand_made_record():
+    record = tuning.RangeTest(lr=[1e-4, 1e-3, 1e-2, 1e-1], loss=[0.0] * 4, smoothed=[2.0, 1.9, 1.0, float("nan")])
+    assert record.min_loss_lr == 1e-2  # the lowest finite smoothed loss
+    assert record.steepest_lr == 1e-3  # 1.9 -> 1.0 is the steepest fall per decade
+    assert record.diverged(4.0)  # the last loss is not finite
