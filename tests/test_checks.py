@@ -242,3 +242,27 @@ def test_check_accuracy_at_least_measures_the_model_on_the_loader():
         checks.check_accuracy_at_least(None, loader, 0.5, "my_model")
     with pytest.raises(CheckFailed, match="one output per class"):
         checks.check_accuracy_at_least(nn.Linear(5, 3), loader, 0.5, "small")
+
+
+def test_used_in_lines_of_the_checks_name_exactly_the_notebooks_that_call_them():
+    """Both ways: a notebook that calls a check is named in its 'Used in:' line, and a named notebook calls it."""
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    from course_utils import exercise_checks
+
+    notebooks = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+    code = {path.name: "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+            for path in notebooks}
+    wrong = []
+    for module in (checks, exercise_checks):
+        name = module.__name__.rpartition(".")[2]
+        for node in ast.parse(Path(module.__file__).read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                claimed = set(re.findall(r"\d\d_[a-z0-9_]+\.ipynb", ast.get_docstring(node).partition("Used in:")[2]))
+                callers = {nb for nb, source in code.items() if re.search(rf"\b{name}\.{node.name}\b", source)}
+                if claimed != callers:
+                    wrong.append(f"{name}.{node.name}: add {sorted(callers - claimed)}, remove {sorted(claimed - callers)}")
+    assert not wrong, "\n".join(wrong)
