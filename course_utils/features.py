@@ -13,7 +13,6 @@ import json
 import math
 import os
 import pickle
-import time
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -251,7 +250,8 @@ def _check_features(train_features, train_labels, val_features, val_labels, num_
 def build_head(in_features: int, num_classes: int, *, hidden: int | None = None, dropout: float = 0.2) -> nn.Module:
     """A Linear head, or with ``hidden`` a two-layer head with named layers fc1, relu, dropout, fc2.
 
-    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb (through train_head)
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
+        08_attribution_with_captum.ipynb (through train_head)
     """
     if hidden is None:
         return nn.Linear(in_features, num_classes)
@@ -259,23 +259,6 @@ def build_head(in_features: int, num_classes: int, *, hidden: int | None = None,
         fc1=nn.Linear(in_features, hidden), relu=nn.ReLU(), dropout=nn.Dropout(dropout),
         fc2=nn.Linear(hidden, num_classes),
     ))
-
-
-def _epoch(head, features, labels, criterion, optimizer=None, order=None, batch_size=64) -> tuple[float, float]:
-    order = order if order is not None else torch.arange(len(features))
-    total_loss = correct = 0.0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        with torch.set_grad_enabled(optimizer is not None):
-            logits = head(features[idx])
-            loss = criterion(logits, labels[idx])
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == labels[idx]).sum().item()
-    return total_loss / len(order), correct / len(order)
 
 
 @contextmanager
@@ -299,49 +282,49 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 def train_head(
     train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
     val_labels: torch.Tensor, *, num_classes: int, epochs: int = 30, lr: float = 1e-3,
-    hidden: int | None = None, batch_size: int = 64, seed: int = 0,
+    hidden: int | None = None, batch_size: int = 64, seed: int = 0, restore_best: bool = False,
 ) -> tuple[nn.Module, list[dict]]:
-    """Train a new head on precomputed features with AdamW (seconds per epoch instead of minutes).
+    """Train a new head on precomputed features: ``train.fit`` with AdamW over ``TensorDataset`` loaders.
+
+    The loop is the one that trains whole networks; only the data differ (seconds per epoch, not minutes).
 
     Args:
         train_features, train_labels: ``(N, D)`` and ``(N,)`` from :func:`extract_features`.
         val_features, val_labels: The validation split, evaluated after every epoch.
         num_classes: Outputs of the head.
-        epochs: Passes over the training features.
-        lr: AdamW learning rate.
+        epochs, lr, batch_size: Passes over the training features, AdamW's rate, features per step.
         hidden: If given, a two-layer head (:func:`build_head`) with this many hidden units.
-        batch_size: Features per step.
-        seed: Seeds the head's initialisation, shuffling and dropout (global RNG state is restored).
+        seed: Seeds the head's initial weights, its dropout and the shuffling (the global random state is
+            restored afterwards).
+        restore_best: As in ``train.fit``. False (the default) keeps the last epoch, so that a head later
+            compared with other models on the validation features was not picked by them.
 
     Returns:
-        ``(head, history)``: the head in eval mode, and one dict per epoch with the keys of
-        ``train.fit``: epoch, train_loss, train_acc, val_loss, val_acc, seconds.
+        ``(head, history)``: the head in eval mode, and ``train.fit``'s history (epoch, train_loss,
+        train_acc, val_loss, val_acc, seconds).
 
     Raises:
-        ValueError: Shapes do not fit, feature dims differ, labels do not fit ``num_classes``, or ``lr`` is
-            not a finite number > 0.
+        ValueError: Shapes do not fit, feature dims differ, labels do not fit ``num_classes``, ``lr`` is
+            not a finite number > 0, or ``epochs`` is not a positive integer.
 
-    Used in: 05_feature_extraction.ipynb, 08_attribution_with_captum.ipynb, 06_fine_tuning.ipynb,
-        06_fine_tuning_far_domain.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
+        08_attribution_with_captum.ipynb (through finetuned.load_or_train)
     """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from course_utils.train import fit
+
     _check_features(train_features, train_labels, val_features, val_labels, num_classes)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0 such as 1e-3, got {lr!r} (lr=0 trains nothing: the "
                          "head keeps its random initial weights).")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    train_labels, val_labels = train_labels.long(), val_labels.long()
-    criterion, history = nn.CrossEntropyLoss(), []
-    with _seeded(seed, train_features.device):
-        head = build_head(train_features.shape[1], num_classes, hidden=hidden).to(train_features.device)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            head.train()
-            order = torch.randperm(len(train_features), device=train_features.device)
-            train_loss, train_acc = _epoch(head, train_features, train_labels, criterion, optimizer, order, batch_size)
-            head.eval()
-            val_loss, val_acc = _epoch(head, val_features, val_labels, criterion, batch_size=batch_size)
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start})
+    device = train_features.device
+    train_set = TensorDataset(train_features, train_labels.long())
+    val_loader = DataLoader(TensorDataset(val_features, val_labels.long()), batch_size=batch_size)
+    with _seeded(seed, device):
+        head = build_head(train_features.shape[1], num_classes, hidden=hidden).to(device)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        history = fit(head, nn.CrossEntropyLoss(), torch.optim.AdamW(head.parameters(), lr=lr), loader, val_loader,
+                      device, epochs=epochs, progress=False, restore_best=restore_best)
     return head.eval(), history

@@ -150,7 +150,8 @@ def test_onnx_runtime_gives_the_eager_features_and_says_so(tiny_cnn):
     assert (eager.engine, fast.engine) == ("torch", "onnxruntime")
     torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(fast[1], eager[1]) and not fast[0].is_inference()
-    assert features.extract_features(tiny_cnn, _images(), progress=False).engine == "torch", "6 images: no export"
+    assert features.extract_features(tiny_cnn, _images(n=5), progress=False).engine == "onnxruntime", "exported"
+    assert features.extract_features(tiny_cnn, _images(size=24), progress=False).engine == "torch", "too few pixels"
 
 
 def test_real_backbone_on_onnx_runtime_matches_eager():
@@ -169,7 +170,7 @@ def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
     from course_utils import deploy, engines
 
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(engines, "ONNX_MIN_IMAGES", 1)
+    monkeypatch.setattr(engines, "ONNX_MIN_PIXELS", 1)
     monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
 
     def broken(*args, **kwargs):
@@ -261,3 +262,40 @@ def test_train_head_rejects_bad_input():
         features.train_head(xt, yt, xv[:, :4], yv, num_classes=3)
     with pytest.raises(ValueError, match=r"\(30, 8\) and \(29,\)"):
         features.train_head(xt, yt[:-1], xv, yv, num_classes=3)
+
+
+def test_train_head_is_the_plain_pytorch_loop_over_a_tensor_dataset():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.arange(50) % 5
+    feats = torch.randn(50, 6, generator=generator) + nn.functional.one_hot(labels, 6).float() * 2
+    head, history = features.train_head(feats, labels, feats[:20], labels[:20], num_classes=5, epochs=4,
+                                        lr=1e-2, batch_size=16, seed=7)
+    torch.manual_seed(7)  # the reference, written out: same seed for the weights and the shuffles
+    reference = nn.Linear(6, 5)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    loader = DataLoader(TensorDataset(feats, labels), batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(7))
+    for _ in range(4):
+        for x, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(reference(x), y).backward()
+            optimizer.step()
+    torch.testing.assert_close(head.weight, reference.weight)
+    with torch.no_grad():
+        val_acc = (reference(feats[:20]).argmax(1) == labels[:20]).float().mean().item()
+    assert history[-1]["val_acc"] == pytest.approx(val_acc)
+
+
+def test_train_head_keeps_the_last_epoch_unless_asked_for_the_best():
+    (xt, _), (xv, yv) = _blobs(60, 0), _blobs(30, 1)
+    yt = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(4))  # noise: val accuracy wanders
+    kwargs = dict(num_classes=3, epochs=8, lr=0.5, batch_size=8, seed=1)
+    last, history = features.train_head(xt, yt, xv, yv, **kwargs)
+    best, again = features.train_head(xt, yt, xv, yv, restore_best=True, **kwargs)
+    accuracies = [row["val_acc"] for row in history]
+    assert accuracies == [row["val_acc"] for row in again] and max(accuracies) > accuracies[-1]
+    with torch.no_grad():
+        assert (last(xv).argmax(1) == yv).float().mean().item() == pytest.approx(accuracies[-1])
+        assert (best(xv).argmax(1) == yv).float().mean().item() == pytest.approx(max(accuracies))
