@@ -248,7 +248,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     broken file and never destroys the previous one. On an error the temporary file is removed. The file
     gets the permissions of any new file of the user (the umask applies). Checkpoints (:func:`save`), cached
     features, ONNX files (``deploy.save_onnx``, ``predict.attach_metadata``) and the audit's copies are written
-    through it; downloads and the instructor tools write their own folders.
+    through it; downloads, the instructor tools (``course_admin``) and the exercise checks' scratch files are
+    written directly.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 10_deployment_and_scaling.ipynb (through
     checkpoints.save and deploy.save_onnx)

@@ -2,15 +2,13 @@
 
 A *stage* is a dotted module name such as ``"blocks.3"`` or ``"layer2"``; :func:`stages` lists them
 bottom-up (input side first, head last), so "freeze everything up to block 3" is one call. Partial
-loading of weights (``load_matching_state_dict``) lives in :mod:`course_utils.state_dicts`.
+loading of weights (``state_dicts.load_matching_state_dict``) has a module of its own.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from torch import nn
-
-from course_utils.state_dicts import LoadReport, load_matching_state_dict  # noqa: F401 - notebooks' import path
 
 # Containers that hold a backbone's main stages one level down (torchvision ``features``, timm ``blocks``).
 _EXPANDED_CONTAINERS = ("features", "blocks", "stages", "layers")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from course_utils import checkpoints
-from course_utils.checkpoints import atomic_save, check_writable  # noqa: F401 - atomic_save: for features, probes
+from course_utils.checkpoints import check_writable
 from course_utils.training_checks import (
     check_batch, check_head_fits, check_labels, check_learning_rates, check_seen, check_skipped, first_batch_checked,
 )

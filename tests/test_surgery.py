@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import checkpoints, surgery, train
+from course_utils import checkpoints, state_dicts, surgery, train
 
 
 def _trainable(model):
@@ -212,7 +212,7 @@ def test_load_matching_state_dict_stops_at_first_mismatch(tiny_cnn):
     del source["1.num_batches_tracked"]
     target = _changed_cnn()
     untouched = target[3].bias.detach().clone()
-    report = surgery.load_matching_state_dict(target, source)
+    report = state_dicts.load_matching_state_dict(target, source)
     assert report.loaded == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
     assert report.mismatched == ["3.weight", "8.weight", "8.bias"]
     assert report.skipped[0] == "3.bias" and "4.running_mean" in report.skipped
@@ -224,14 +224,14 @@ def test_load_matching_state_dict_stops_at_first_mismatch(tiny_cnn):
 
 def test_load_matching_state_dict_can_load_all_matching(tiny_cnn):
     target = _changed_cnn()
-    report = surgery.load_matching_state_dict(target, tiny_cnn.state_dict(), stop_at_first_mismatch=False)
+    report = state_dicts.load_matching_state_dict(target, tiny_cnn.state_dict(), stop_at_first_mismatch=False)
     assert report.skipped == [] and "3.bias" in report.loaded
     assert torch.equal(target[3].bias, tiny_cnn[3].bias)
 
 
 def test_load_matching_state_dict_rejects_unrelated_model(tiny_cnn):
     with pytest.raises(ValueError, match="unrelated model"):
-        surgery.load_matching_state_dict(tiny_cnn, nn.Linear(3, 3).state_dict())
+        state_dicts.load_matching_state_dict(tiny_cnn, nn.Linear(3, 3).state_dict())
 
 
 def test_load_matching_state_dict_refuses_an_unrelated_architecture_that_shares_names(lite0):
@@ -240,7 +240,7 @@ def test_load_matching_state_dict_refuses_an_unrelated_architecture_that_shares_
     resnet = torchvision.models.resnet18(weights=None, num_classes=5)  # shares "bn1.weight" etc., other shapes
     before = lite0.bn1.weight.detach().clone()
     with pytest.raises(ValueError, match=r"'conv1\.weight'.*'conv_stem\.weight'.*unrelated model"):
-        surgery.load_matching_state_dict(lite0, resnet.state_dict())
+        state_dicts.load_matching_state_dict(lite0, resnet.state_dict())
     assert torch.equal(lite0.bn1.weight, before)
 
 
@@ -248,17 +248,17 @@ def test_load_matching_state_dict_that_would_load_nothing(tiny_cnn):
     source = _changed_cnn()
     source[0] = nn.Conv2d(3, 8, 5, padding=2)  # the very first layer differs
     with pytest.raises(ValueError, match=r"Nothing was loaded.*'0\.weight'.*stop_at_first_mismatch=False"):
-        surgery.load_matching_state_dict(tiny_cnn, source.state_dict())
+        state_dicts.load_matching_state_dict(tiny_cnn, source.state_dict())
 
 
 def test_load_matching_state_dict_wants_a_state_dict(tiny_cnn, tmp_path):
     path = checkpoints.save(tiny_cnn, tmp_path / "model.pt")
     with pytest.raises(TypeError, match="torch.load\\(path, weights_only=True\\)"):
-        surgery.load_matching_state_dict(tiny_cnn, str(path))
+        state_dicts.load_matching_state_dict(tiny_cnn, str(path))
     with pytest.raises(TypeError, match="its .state_dict"):
-        surgery.load_matching_state_dict(tiny_cnn, tiny_cnn)
+        state_dicts.load_matching_state_dict(tiny_cnn, tiny_cnn)
     with pytest.raises(TypeError, match="needs that key first"):
-        surgery.load_matching_state_dict(tiny_cnn, {"state_dict": tiny_cnn.state_dict()})
+        state_dicts.load_matching_state_dict(tiny_cnn, {"state_dict": tiny_cnn.state_dict()})
 
 
 def test_stages_start_with_the_parameters_the_model_owns():
