@@ -35,7 +35,8 @@ class Description:
             recorded).
         info: Plain values the saver recorded (strategy, validation accuracy, ...).
 
-    Used in: 04_model_surgery.ipynb, 11_your_own_images.ipynb (through checkpoints.load, predict.attach_metadata)
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 11_your_own_images.ipynb (through checkpoints.save,
+        predict.attach_metadata)
     """
 
     backbone: str | None = None
@@ -70,7 +71,9 @@ class Classifier(Description):
         model: The network (from :func:`load` without ``into``: in eval mode on the CPU).
         source: One sentence saying where the model came from (a file, or trained just now).
 
-    Used in: 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (through finetuned.load_or_train)
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (from checkpoints.load and
+        finetuned.load_or_train)
     """
 
     model: nn.Module
@@ -223,9 +226,9 @@ def _check_fits(model: nn.Module, state: dict, path: Path, description: Descript
     if set(own) != set(state):
         extra, lacking = sorted(set(state) - set(own)), set(own) - set(state)
         raise ValueError(f"{path} holds {_what(description)}, another architecture than this "
-                         f"{type(model).__name__}: {len(extra)} of its {len(state)} tensors are not in the model (first: {extra[:2]}) and "
-                         f"{len(lacking)} of the model's are not in the file. {build}; or load the layers that fit "
-                         "with state_dicts.load_matching_state_dict.")
+                         f"{type(model).__name__}: {len(extra)} of its {len(state)} tensors are not in the model "
+                         f"(first: {extra[:2]}) and {len(lacking)} of the model's are not in the file. {build}; or "
+                         "load the layers that fit with state_dicts.load_matching_state_dict.")
     differ = [k for k in own if own[k].shape != state[k].shape]
     head = differ[0].rpartition(".")[0] if differ else ""
     one_linear = differ and isinstance(model.get_submodule(head), nn.Linear)
