@@ -49,7 +49,7 @@ def build_domains(
     return built
 
 
-def report(rows: list[dict], built: list[scenarios.Domain], header: str) -> str:
+def report(rows: list[scenarios.CellResult], built: list[scenarios.Domain], header: str) -> str:
     """The accuracy table, the baselines and the paired differences, as Markdown."""
     lines = [header, "", verdicts.markdown_table(verdicts.summarise(rows)), ""]
     for domain in built:

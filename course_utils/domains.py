@@ -51,8 +51,9 @@ def stack_images(dataset) -> TensorImages:
 
 
 def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
-        raise ValueError(f"size must be an integer of at least 16 pixels, got {size!r}.")
+    from course_utils.arguments import require_int
+
+    require_int("size", size, minimum=16, example=96, fix="It is the side in pixels the backbone sees.")
 
 
 def _model_ready(parts: dict, *, size: int, stored: int, preprocessing) -> dict[str, TensorImages]:
@@ -70,12 +71,12 @@ def _model_ready(parts: dict, *, size: int, stored: int, preprocessing) -> dict[
 def hymenoptera_images(*, size: int, preprocessing) -> dict[str, TensorImages]:
     """The ants/bees training and validation images, centre-cropped to ``size`` pixels and normalised.
 
-    Each image is resized so that its shorter side is ``size / 0.875`` (the usual 224-from-256 ratio),
-    then centre-cropped.
+    Each image is resized with the backbone's own ratio of crop to shorter side (``preprocessing.resize /
+    preprocessing.crop``, e.g. 256 / 224), so that the crop keeps the share of the photo it was pretrained on.
 
     Args:
         size: Side of the crop (e.g. 96; the backbone was pretrained at ``preprocessing.crop``).
-        preprocessing: The backbone's :class:`models.Preprocessing` (normalisation).
+        preprocessing: The backbone's :class:`models.Preprocessing` (crop ratio and normalisation).
 
     Raises:
         ValueError: ``size`` is not an integer of at least 16.
@@ -86,7 +87,8 @@ def hymenoptera_images(*, size: int, preprocessing) -> dict[str, TensorImages]:
 
     _check_size(size)
     splits = data.find_splits(download.hymenoptera())
-    return _model_ready({part: splits[part] for part in ("train", "val")}, size=size, stored=round(size / 0.875),
+    return _model_ready({part: splits[part] for part in ("train", "val")}, size=size,
+                        stored=round(size * preprocessing.resize / preprocessing.crop),
                         preprocessing=preprocessing)
 
 

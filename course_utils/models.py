@@ -129,7 +129,7 @@ def images_checked(model: nn.Module) -> Iterator[nn.Module]:
             if module.in_channels == 3 and isinstance(args[0], torch.Tensor):
                 check_images(args[0])
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)] if getattr(model, "takes_images", True) else []
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles = [conv.register_forward_pre_hook(first_conv) for conv in convs]
     try:
         yield model

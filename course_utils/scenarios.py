@@ -2,19 +2,16 @@
 
 Notebook 09 writes the grid's loop out (for each domain, size, strategy and seed: build, train, evaluate,
 record); :func:`run_cell` and :func:`run_grid` are that loop packaged for ``benchmarks/transfer_scenarios.py``,
-and the notebook checks that :func:`run_cell` reproduces one of its own cells. Every cell of the grid trains one strategy on a seeded, class-balanced subset of the training images and
-records, for every validation image, whether it was classified correctly; :mod:`verdicts` turns these
-records into seed-averaged accuracies and differences with bootstrap intervals, tables and figures.
+and the notebook checks that :func:`run_cell` reproduces one of its own cells. Each :class:`CellResult` records,
+for every validation image, whether it was classified correctly; :mod:`verdicts` reads them.
 
 Strategies (``STRATEGIES``):
 
 - ``"scratch"``: the backbone's architecture with random weights, every weight trained.
 - ``"head: last"``: a linear probe on the pooled features the ImageNet head sees (:mod:`probes`).
 - ``"head: earlier"``: a linear probe on the pooled output of an earlier stage.
-- ``"partial"``: ImageNet weights, the last ``partial_stages`` stages (head included) trained. The
-  frozen stages below always compute the same thing for the same image, so their output is computed
-  once (:func:`probes.stage_features` with ``maps``) and only the top of the network runs while it
-  trains (:func:`top_of`): the same training as a whole frozen-bottom network, at a fraction of the cost.
+- ``"partial"``: ImageNet weights, the last ``partial_stages`` stages (head included) trained. The frozen
+  stages below are computed once (:func:`probes.stage_features` with ``maps``); only :func:`top_of` trains.
 - ``"full"``: ImageNet weights, every weight trained.
 
 All of them see the same images without augmentation (frozen features cannot be augmented for free),
@@ -24,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -83,40 +81,66 @@ class Budget:
     partial_stages: int = 4
 
 
+@dataclass(frozen=True, eq=False)
+class CellResult:
+    """One cell of the grid with one seed: which validation images the trained strategy got right.
+
+    Attributes:
+        domain, strategy: As in :class:`Domain` and ``STRATEGIES``.
+        per_class: Training images per class (``None``: all of them); ``n_train`` of them in all.
+        seed: Seeded the subset, the new head, the initialisation and the batches.
+        correct: ``(N_val,)`` bool tensor, True where the validation image was classified correctly.
+        seconds: Wall-clock time of training and evaluation.
+
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    """
+
+    domain: str
+    strategy: str
+    per_class: int | None
+    n_train: int
+    seed: int
+    correct: torch.Tensor = field(repr=False)
+    seconds: float
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Inside the block torch's global generators start from ``seed``; after it they are as they were."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def finetune(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, lr: float, weight_decay: float, steps: int,
     batch_size: int, seed: int, device: torch.device | str | None = None,
 ) -> nn.Module:
     """Train the parameters of ``model`` that require gradients for exactly ``steps`` AdamW steps.
 
-    Freeze first what must not train (``surgery.unfreeze_last``). Batches come from a seeded sampler
-    that goes through the inputs in shuffled passes; one call of :func:`train.train_one_epoch` (train
-    mode, frozen BatchNorms in eval mode) runs them all.
+    Freeze first what must not train (``surgery.unfreeze_last``). A seeded sampler goes through the inputs in
+    shuffled passes; one call of :func:`train.train_one_epoch` (frozen BatchNorms in eval mode) runs them all.
 
     Args:
         model: Maps a batch of ``inputs`` to logits: a whole network, or :func:`top_of` on cached maps.
         inputs, labels: The training set as tensors.
         lr, weight_decay: AdamW settings (constant learning rate).
-        steps: Optimizer steps, whatever the number of inputs.
-        batch_size: Inputs per step (all of them when there are fewer).
-        seed: Seeds the batches and dropout; the global random state is restored afterwards.
+        steps, batch_size: Optimizer steps, whatever the number of inputs; inputs per step (at most all).
+        seed: Seeds the batches and dropout; torch's global generators are left as they were.
         device: Where to train (``None``: :func:`train.select_device`); on CUDA with mixed precision.
 
-    Returns:
-        ``model``, trained, in eval mode, on ``device``.
-
-    Raises:
-        ValueError: ``steps`` or ``batch_size`` is not a positive integer, or nothing is trainable.
+    Returns ``model``, trained, in eval mode, on ``device``. Raises ValueError when ``steps`` or ``batch_size`` is
+    not a positive integer, or when nothing is trainable.
 
     Used in: 09_when_to_transfer.ipynb, 11_your_own_images.ipynb
     """
     from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     from course_utils import train
+    from course_utils.arguments import require_int
 
-    for label, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value!r}.")
+    require_int("steps", steps, example=60)
+    require_int("batch_size", batch_size, example=16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("No parameter of the model requires gradients: unfreeze what should train first.")
@@ -127,8 +151,7 @@ def finetune(
     model.to(device)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded(seed):  # dropout draws from the global generator
         train.train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, DataLoader(dataset, batch_size=batch,
                               sampler=sampler), device, scaler=scaler, progress=False)
     return model.eval()
@@ -136,8 +159,6 @@ def finetune(
 
 class _Top(nn.Module):
     """The layers of a timm EfficientNet after one stage: ``top(output of that stage) == model(images)``."""
-
-    takes_images = False  # it reads a stage's cached maps: models.check_images leaves its inputs alone
 
     def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
         super().__init__()
@@ -192,72 +213,79 @@ def predict_images(
 
     device = select_device(device)
     dataset = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-    logits, _ = predict(model.to(device), DataLoader(dataset, batch_size=batch_size), device)
+    loader = DataLoader(dataset, batch_size=batch_size, generator=torch.Generator())  # not the global generator
+    logits, _ = predict(model.to(device), loader, device)
     return logits.argmax(1)
+
+
+def _train_and_predict(
+    domain: Domain, strategy: str, index: torch.Tensor, *, seed: int, backbone: str, pretrained: nn.Module,
+    budget: Budget, device: torch.device | str | None,
+) -> torch.Tensor:
+    """Build the network of a trained strategy, fine-tune it on ``index`` and predict the validation set."""
+    from course_utils import models, surgery
+
+    with _seeded(seed):  # timm draws random weights (scratch's, and a new head's before its seed) globally
+        if strategy == "scratch":
+            model, _ = models.load_backbone(backbone, pretrained=False)
+        else:
+            model = copy.deepcopy(pretrained)
+        models.replace_head(model, int(domain.train_labels.max()) + 1, seed=seed)
+    surgery.unfreeze(model)
+    inputs, val_inputs, network = domain.train_images, domain.val_images, model
+    if strategy == "partial":
+        split = surgery.stages(model)[-budget.partial_stages - 1]
+        inputs, val_inputs, network = domain.train_maps[split], domain.val_maps[split], top_of(model, split)
+        surgery.unfreeze_last(model, budget.partial_stages)
+    finetune(network, inputs[index], domain.train_labels[index], lr=budget.lr[strategy], steps=budget.steps,
+             weight_decay=budget.weight_decay, batch_size=budget.batch_size, seed=seed, device=device)
+    return predict_images(network, val_inputs, device=device)
 
 
 def run_cell(
     domain: Domain, strategy: str, *, per_class: int | None, seed: int, backbone: str, pretrained: nn.Module,
     budget: Budget, device: torch.device | str | None = None,
-) -> dict:
+) -> CellResult:
     """Train one strategy on one seeded subset of ``domain`` and score every validation image.
 
     Args:
         domain: The data and its cached features.
         strategy: One of ``STRATEGIES``.
         per_class: Training images per class (``None``: all of them).
-        seed: Seeds the subset, the new head, the initialisation and the batches.
+        seed: Seeds the subset, the new head, the initialisation and the batches (torch's global
+            generators are left as they were).
         backbone: Name for :func:`models.load_backbone`; the strategy ``"scratch"`` builds it with random weights.
         pretrained: The loaded ImageNet model, copied for each fine-tuning run.
-        budget: How trained strategies train.
-        device: Where trained strategies train (``None``: :func:`train.select_device`).
-
-    Returns:
-        ``{"domain", "strategy", "per_class", "n_train", "seed", "correct", "seconds"}``; ``correct`` is a
-        ``(N_val,)`` bool tensor.
+        budget, device: How and where trained strategies train (``None``: :func:`train.select_device`).
 
     Raises:
         ValueError: ``strategy`` is not one of ``STRATEGIES``.
 
     Used in: 09_when_to_transfer.ipynb
     """
-    from course_utils import models, probes, surgery
+    from course_utils import probes
 
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}.")
     index = probes.per_class_subset(domain.train_labels, per_class, seed=seed)
-    labels = domain.train_labels[index]
     start = time.perf_counter()
     if strategy.startswith("head"):
         stage = domain.last_stage if strategy == "head: last" else domain.earlier_stage
-        predicted = probes.linear_probe(domain.train_features[stage][index], labels, domain.val_features[stage],
-                                        seed=seed)
+        predicted = probes.linear_probe(domain.train_features[stage][index], domain.train_labels[index],
+                                        domain.val_features[stage], seed=seed)
     else:
-        if strategy == "scratch":
-            torch.manual_seed(seed)
-            model, _ = models.load_backbone(backbone, pretrained=False)
-        else:
-            model = copy.deepcopy(pretrained)
-        models.replace_head(model, int(domain.train_labels.max()) + 1, seed=seed)
-        surgery.unfreeze(model)
-        inputs, val_inputs, network = domain.train_images, domain.val_images, model
-        if strategy == "partial":
-            split = surgery.stages(model)[-budget.partial_stages - 1]
-            inputs, val_inputs, network = domain.train_maps[split], domain.val_maps[split], top_of(model, split)
-            surgery.unfreeze_last(model, budget.partial_stages)
-        finetune(network, inputs[index], labels, lr=budget.lr[strategy], weight_decay=budget.weight_decay,
-                 steps=budget.steps, batch_size=budget.batch_size, seed=seed, device=device)
-        predicted = predict_images(network, val_inputs, device=device)
-    return {"domain": domain.name, "strategy": strategy, "per_class": per_class, "n_train": len(index),
-            "seed": seed, "correct": predicted == domain.val_labels, "seconds": time.perf_counter() - start}
+        predicted = _train_and_predict(domain, strategy, index, seed=seed, backbone=backbone, pretrained=pretrained,
+                                       budget=budget, device=device)
+    return CellResult(domain.name, strategy, per_class, len(index), seed, predicted == domain.val_labels,
+                      time.perf_counter() - start)
 
 
 def run_grid(
     domains: Sequence[Domain], *, strategies: Sequence[str], sizes: Sequence[int | None], seeds: Sequence[int],
     backbone: str, pretrained: nn.Module, budget: Budget | None = None, progress: bool = True,
     device: torch.device | str | None = None,
-) -> list[dict]:
-    """:func:`run_cell` for every domain, strategy, size and seed; one row per cell.
+) -> list[CellResult]:
+    """:func:`run_cell` for every domain, strategy, size and seed; one result per cell and seed.
 
     With ``per_class=None`` the subset is the whole training set, so only the training itself depends
     on the seed there.

@@ -1,63 +1,103 @@
 """Reading the grid of :mod:`scenarios`: seed-averaged intervals, paired differences, verdicts, the table, figures.
 
-Every cell of the grid records which validation images each seed got right. An accuracy is the mean over
-images of the share of seeds that got each image right, with a percentile bootstrap over the images (as
-:func:`stats.accuracy_interval`, which it equals for one seed); a difference between two strategies pairs
-them image by image (as :func:`stats.difference_interval`). A rule of thumb *holds* where the interval of
-its difference lies above zero.
+Every :class:`scenarios.CellResult` records which validation images one seed got right. The accuracy of a
+cell is the mean over images of the share of its seeds that got each image right, with the course's bootstrap
+over the images (:func:`stats.accuracy_interval`, which takes such shares); a difference between two strategies
+pairs them image by image (:func:`stats.difference_interval`). A rule of thumb *holds* where the interval of its
+difference lies above zero.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from course_utils import stats
 from course_utils.stats import Interval
 
 
-def _bootstrap_mean(values: np.ndarray, *, level: float, seed: int, n_resamples: int = 2000) -> Interval:
-    from scipy.stats import bootstrap
+@dataclass(frozen=True)
+class CellSummary:
+    """One domain, strategy and training-set size of the grid, its seeds together (from :func:`summarise`).
 
-    if values.min() == values.max():
-        return Interval(float(values[0]), float(values[0]), float(values[0]), level, values.size)
-    result = bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                       vectorized=True, rng=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    return Interval(float(values.mean()), float(ci.low), float(ci.high), level, values.size)
+    Attributes:
+        domain, strategy, per_class: Which cell (``per_class=None``: all training images).
+        n_train: Training images (of the first seed).
+        accuracy: Seed-averaged accuracy with its interval (:func:`cell_accuracy`).
+        seed_accuracies: Each seed's own accuracy.
+        seconds: All seeds together.
+
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    """
+
+    domain: str
+    strategy: str
+    per_class: int | None
+    n_train: int
+    accuracy: Interval
+    seed_accuracies: tuple[float, ...]
+    seconds: float
 
 
-def _per_image(rows: Sequence[dict], domain: str, strategy: str, per_class: int | None) -> np.ndarray:
-    """Share of seeds that got each validation image right, for one cell of the grid."""
-    chosen = [r["correct"] for r in rows
-              if (r["domain"], r["strategy"], r["per_class"]) == (domain, strategy, per_class)]
+@dataclass(frozen=True, eq=False)
+class BackboneScore:
+    """One backbone measured for :func:`plot_accuracy_vs_speed`.
+
+    Attributes:
+        name: As for :func:`models.load_backbone`.
+        size: Input side in pixels.
+        correct: ``(N_val,)`` bool tensor, True where the validation image was classified correctly.
+        accuracy: Its interval (:func:`stats.accuracy_interval`).
+        parameters: Number of parameters.
+        ms_per_image: Milliseconds per image on the device it was timed on.
+
+    Used in: 09_when_to_transfer.ipynb
+    """
+
+    name: str
+    size: int
+    correct: torch.Tensor = field(repr=False)
+    accuracy: Interval
+    parameters: int
+    ms_per_image: float
+
+
+def _cell(results: Sequence, domain: str, strategy: str, per_class: int | None) -> list:
+    """The results of one cell of the grid (one per seed), in their order."""
+    chosen = [r for r in results if (r.domain, r.strategy, r.per_class) == (domain, strategy, per_class)]
     if not chosen:
-        raise ValueError(f"No rows for {domain!r}, {strategy!r}, per_class={per_class!r}: run that cell first.")
-    return torch.stack(chosen).float().mean(0).numpy()
+        raise ValueError(f"No results for {domain!r}, {strategy!r}, per_class={per_class!r}: run that cell first.")
+    return chosen
 
 
-def mean_interval(rows: Sequence[dict], *, domain: str, strategy: str, per_class: int | None,
+def _per_image(results: Sequence, domain: str, strategy: str, per_class: int | None) -> torch.Tensor:
+    """Share of seeds that got each validation image right, for one cell of the grid."""
+    return torch.stack([r.correct for r in _cell(results, domain, strategy, per_class)]).float().mean(0)
+
+
+def cell_accuracy(results: Sequence, *, domain: str, strategy: str, per_class: int | None,
                   level: float = 0.95, seed: int = 0) -> Interval:
     """Accuracy of one cell, averaged over its seeds, with a bootstrap interval over the validation images.
 
-    Each validation image counts with the share of seeds that classified it correctly; the images are
-    resampled (as in :func:`stats.accuracy_interval`, which this equals for a single seed). The spread
-    between seeds (different training subsets) is not in this interval: compare the seeds' own accuracies.
+    ``results`` are :class:`scenarios.CellResult`. Each validation image counts with the share of seeds that
+    classified it correctly (:func:`stats.accuracy_interval`; for a single seed, its plain accuracy). The
+    spread between seeds (different training subsets) is not in this interval: compare the seeds' own accuracies.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb (through summarise)
     """
-    return _bootstrap_mean(_per_image(rows, domain, strategy, per_class), level=level, seed=seed)
+    return stats.accuracy_interval(_per_image(results, domain, strategy, per_class), level=level, seed=seed)
 
 
-def difference(rows: Sequence[dict], *, domain: str, better: str, worse: str, per_class: int | None,
+def difference(results: Sequence, *, domain: str, better: str, worse: str, per_class: int | None,
                level: float = 0.95, seed: int = 0) -> Interval:
     """Accuracy of ``better`` minus ``worse`` in one domain and size, paired over the validation images.
 
-    Used in: 09_when_to_transfer.ipynb
+    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
-    gap = _per_image(rows, domain, better, per_class) - _per_image(rows, domain, worse, per_class)
-    return _bootstrap_mean(gap, level=level, seed=seed)
+    return stats.difference_interval(_per_image(results, domain, better, per_class),
+                                     _per_image(results, domain, worse, per_class), level=level, seed=seed)
 
 
 def verdict(gap: Interval) -> str:
@@ -68,29 +108,32 @@ def verdict(gap: Interval) -> str:
     return "holds" if gap.low > 0 else "reversed" if gap.high < 0 else "undecided"
 
 
-def summarise(rows: Sequence[dict], *, level: float = 0.95) -> list[dict]:
-    """One entry per domain, strategy and size of ``rows``, in the order they first appear.
-
-    Returns:
-        Dicts with ``domain``, ``strategy``, ``per_class``, ``n_train`` (of the first seed), ``accuracy``
-        (:func:`mean_interval`), ``seed_accuracies`` (one per seed) and ``seconds`` (all seeds together).
+def summarise(results: Sequence, *, level: float = 0.95) -> list[CellSummary]:
+    """One :class:`CellSummary` per domain, strategy and size of ``results``, in the order they first appear.
 
     Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
-    cells = dict.fromkeys((r["domain"], r["strategy"], r["per_class"]) for r in rows)
+    cells = dict.fromkeys((r.domain, r.strategy, r.per_class) for r in results)
     summary = []
     for domain, strategy, per_class in cells:
-        mine = [r for r in rows if (r["domain"], r["strategy"], r["per_class"]) == (domain, strategy, per_class)]
-        summary.append({
-            "domain": domain, "strategy": strategy, "per_class": per_class, "n_train": mine[0]["n_train"],
-            "accuracy": mean_interval(rows, domain=domain, strategy=strategy, per_class=per_class, level=level),
-            "seed_accuracies": [r["correct"].float().mean().item() for r in mine],
-            "seconds": sum(r["seconds"] for r in mine),
-        })
+        mine = _cell(results, domain, strategy, per_class)
+        accuracy = cell_accuracy(results, domain=domain, strategy=strategy, per_class=per_class, level=level)
+        summary.append(CellSummary(domain, strategy, per_class, mine[0].n_train, accuracy,
+                                   tuple(r.correct.float().mean().item() for r in mine),
+                                   sum(r.seconds for r in mine)))
     return summary
 
 
-def markdown_table(summary: Sequence[dict], *, intervals: bool = True) -> str:
+def _table_text(cell: CellSummary | None, *, intervals: bool) -> str:
+    """One cell of :func:`markdown_table`: ``accuracy [interval]`` and the seeds' range below it."""
+    if cell is None:
+        return "not run"
+    seeds = cell.seed_accuracies
+    spread = f"<br>seeds {min(seeds):.1%}-{max(seeds):.1%}" if len(seeds) > 1 else ""
+    return f"{cell.accuracy if intervals else format(cell.accuracy.value, '.1%')}{spread}"
+
+
+def markdown_table(summary: Sequence[CellSummary], *, intervals: bool = True) -> str:
     """The summary as a Markdown table: one row per domain and strategy, one column per training-set size.
 
     Each cell reads ``accuracy [interval]`` (seed-averaged; only the accuracy with ``intervals=False``)
@@ -98,21 +141,13 @@ def markdown_table(summary: Sequence[dict], *, intervals: bool = True) -> str:
 
     Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
     """
-    sizes = list(dict.fromkeys(s["per_class"] for s in summary))
+    sizes = list(dict.fromkeys(s.per_class for s in summary))
     label = {n: "all" if n is None else str(n) for n in sizes}
     lines = ["| domain | strategy | " + " | ".join(f"{label[n]} per class" for n in sizes) + " |",
              "| --- | --- |" + " --- |" * len(sizes)]
-    for domain, strategy in dict.fromkeys((s["domain"], s["strategy"]) for s in summary):
-        cells = {s["per_class"]: s for s in summary if (s["domain"], s["strategy"]) == (domain, strategy)}
-        texts = []
-        for n in sizes:
-            cell = cells.get(n)
-            if cell is None:
-                texts.append("not run")
-                continue
-            seeds = cell["seed_accuracies"]
-            spread = f"<br>seeds {min(seeds):.1%}-{max(seeds):.1%}" if len(seeds) > 1 else ""
-            texts.append(f"{cell['accuracy'] if intervals else format(cell['accuracy'].value, '.1%')}{spread}")
+    for domain, strategy in dict.fromkeys((s.domain, s.strategy) for s in summary):
+        cells = {s.per_class: s for s in summary if (s.domain, s.strategy) == (domain, strategy)}
+        texts = [_table_text(cells.get(n), intervals=intervals) for n in sizes]
         lines.append(f"| {domain} | {strategy} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
@@ -124,7 +159,24 @@ def _interval_bars(ax, xs, intervals, **style):
     return ax.errorbar(xs, values, yerr=errors, capsize=3, marker="o", **style)
 
 
-def plot_scenarios(summary: Sequence[dict], *, baselines: dict | None = None, axes=None):
+def _draw_domain(ax, summary: Sequence[CellSummary], domain: str, order: list, baselines: dict) -> None:
+    """One panel of :func:`plot_scenarios`: a line per strategy, side by side, and the baselines."""
+    strategies = list(dict.fromkeys(s.strategy for s in summary))  # one colour per strategy in every panel
+    for k, strategy in enumerate(strategies):
+        cells = sorted((s for s in summary if (s.domain, s.strategy) == (domain, strategy)),
+                       key=lambda s: order.index(s.per_class))
+        if cells:
+            shift = (k - (len(strategies) - 1) / 2) * 0.06  # side by side, so that the bars do not hide each other
+            _interval_bars(ax, [order.index(s.per_class) + shift for s in cells], [s.accuracy for s in cells],
+                           label=strategy, color=f"C{k}")
+    for j, (label, value) in enumerate(baselines.get(domain, {}).items()):
+        ax.axhline(value, color="grey", linestyle=("--", ":")[j % 2], linewidth=1, label=label)
+    ax.set_xticks(range(len(order)), ["all" if n is None else str(n) for n in order])
+    ax.set(title=domain, xlabel="training images per class", ylabel="validation accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_scenarios(summary: Sequence[CellSummary], *, baselines: dict | None = None, axes=None):
     """Accuracy against training images per class: one panel per domain, one line per strategy.
 
     Args:
@@ -139,27 +191,13 @@ def plot_scenarios(summary: Sequence[dict], *, baselines: dict | None = None, ax
     """
     import matplotlib.pyplot as plt
 
-    domains = list(dict.fromkeys(s["domain"] for s in summary))
-    sizes = list(dict.fromkeys(s["per_class"] for s in summary))
-    order = sorted(sizes, key=lambda n: math.inf if n is None else n)
+    domains = list(dict.fromkeys(s.domain for s in summary))
+    order = sorted(dict.fromkeys(s.per_class for s in summary), key=lambda n: math.inf if n is None else n)
     if axes is None:
         _, axes = plt.subplots(1, len(domains), figsize=(5.5 * len(domains), 4), sharey=True, squeeze=False)
         axes = axes[0]
-    strategies = list(dict.fromkeys(s["strategy"] for s in summary))  # one colour per strategy in every panel
     for ax, domain in zip(axes, domains):
-        for k, strategy in enumerate(strategies):
-            cells = sorted((s for s in summary if (s["domain"], s["strategy"]) == (domain, strategy)),
-                           key=lambda s: order.index(s["per_class"]))
-            if not cells:
-                continue
-            shift = (k - (len(strategies) - 1) / 2) * 0.06  # side by side, so that the bars do not hide each other
-            _interval_bars(ax, [order.index(s["per_class"]) + shift for s in cells], [s["accuracy"] for s in cells],
-                           label=strategy, color=f"C{k}")
-        for j, (label, value) in enumerate((baselines or {}).get(domain, {}).items()):
-            ax.axhline(value, color="grey", linestyle=("--", ":")[j % 2], linewidth=1, label=label)
-        ax.set_xticks(range(len(order)), ["all" if n is None else str(n) for n in order])
-        ax.set(title=domain, xlabel="training images per class", ylabel="validation accuracy")
-        ax.legend(fontsize=7, loc="lower right")
+        _draw_domain(ax, summary, domain, order, baselines or {})
     fig = axes[0].figure
     fig.suptitle("Measured transfer scenarios (95% intervals over validation images)")
     fig.tight_layout()
@@ -192,11 +230,11 @@ def plot_depth_probe(results: dict, *, ax=None):
     return ax
 
 
-def plot_accuracy_vs_speed(rows: Sequence[dict], *, ax=None):
+def plot_accuracy_vs_speed(scores: Sequence[BackboneScore], *, ax=None):
     """Accuracy (with its interval) against milliseconds per image, one labelled point per backbone.
 
     Args:
-        rows: Dicts with ``name``, ``accuracy`` (an Interval), ``ms_per_image`` and ``parameters``.
+        scores: One :class:`BackboneScore` per backbone.
         ax: Axes to draw into; a new figure if None.
 
     Returns:
@@ -208,10 +246,10 @@ def plot_accuracy_vs_speed(rows: Sequence[dict], *, ax=None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    for k, row in enumerate(rows):
-        _interval_bars(ax, [row["ms_per_image"]], [row["accuracy"]], color=f"C{k}",
-                       label=f"{row['name']} ({row['parameters'] / 1e6:.1f} M parameters)")
-    ax.set(title="Choice of backbone: accuracy against speed on this CPU", xlabel="milliseconds per image",
+    for k, score in enumerate(scores):
+        _interval_bars(ax, [score.ms_per_image], [score.accuracy], color=f"C{k}",
+                       label=f"{score.name} ({score.parameters / 1e6:.1f} M parameters)")
+    ax.set(title="Choice of backbone: accuracy against speed on this computer", xlabel="milliseconds per image",
            ylabel="validation accuracy")
     ax.legend(fontsize=8, loc="lower right")
     return ax

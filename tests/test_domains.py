@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_utils import domains
+from course_utils import data, domains
 from course_utils.models import Preprocessing
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.5, 0.25, 0.2)  # per-channel on purpose: a mix-up of channels would show
@@ -24,10 +24,21 @@ def test_hymenoptera_images_are_centre_crops_of_the_real_folder(hymenoptera_fold
     from course_utils import download
 
     monkeypatch.setattr(download, "hymenoptera", lambda: hymenoptera_folder)
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
     splits = domains.hymenoptera_images(size=24, preprocessing=PRE)
     assert splits["val"].images.shape == (153, 3, 24, 24) and splits["val"].classes == ["ants", "bees"]
     assert splits["val"].targets.count(1) == 83
-    with pytest.raises(ValueError, match="at least 16"):
+    path, _ = data.find_splits(hymenoptera_folder)["val"].samples[0]
+    pixels = splits["val"].images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+
+    def crop_error(shorter_side):  # mean pixel error against a centre crop of the photo resized to shorter_side
+        photo = F.pil_to_tensor(Image.open(path).convert("RGB")).float() / 255
+        return (F.center_crop(F.resize(photo, shorter_side, antialias=True), 24) - pixels).abs().mean()
+
+    assert crop_error(30) < 0.03 < crop_error(27), "the crop ratio is the backbone's (40 / 32), not 256 / 224"
+    with pytest.raises(ValueError, match="size must be an integer of at least 16 such as 96, got 8"):
         domains.hymenoptera_images(size=8, preprocessing=PRE)
 
 
@@ -49,7 +60,7 @@ def test_eurosat_images_are_whole_patches_resized_and_normalised(eurosat_folder,
     whole = pil_to_tensor(resized).float() / 255  # the whole patch, nothing cropped
     pixels = parts["val"].images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
     assert (pixels - whole).abs().mean() < 0.02
-    with pytest.raises(ValueError, match="at least 16 pixels, got 8"):
+    with pytest.raises(ValueError, match="size must be an integer of at least 16 such as 96, got 8"):
         domains.eurosat_images(size=8, preprocessing=PRE, per_class={"val": 1})
     with pytest.raises(ValueError, match="Unknown part 'valid'"):
         domains.eurosat_images(size=32, preprocessing=PRE, per_class={"valid": 1})

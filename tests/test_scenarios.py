@@ -63,7 +63,7 @@ def test_finetune_is_repeatable_and_checks_its_arguments(tiny_cnn):
     again = scenarios.finetune(copy.deepcopy(start), inputs, labels, lr=0.01, weight_decay=0.01, steps=3,
                                batch_size=2, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="steps must be a positive integer such as 60, got 0"):
         scenarios.finetune(tiny_cnn, inputs, labels, lr=0.1, weight_decay=0.0, steps=0, batch_size=2, seed=0)
     surgery.freeze(tiny_cnn)
     with pytest.raises(ValueError, match="No parameter of the model requires gradients"):
@@ -97,8 +97,10 @@ def test_grid_rows_for_every_strategy(small_efficientnet, monkeypatch):
                               backbone="lite", pretrained=small_efficientnet, budget=budget, progress=False)
     assert len(rows) == 5 * 2 * 2 and built == [("lite", False)] * 4
     assert all(torch.equal(v, before[k]) for k, v in small_efficientnet.state_dict().items()), "pretrained is copied"
-    assert {(r["per_class"], r["n_train"]) for r in rows} == {(2, 6), (None, 9)}
-    assert all(r["correct"].shape == (6,) and r["correct"].dtype == torch.bool for r in rows)
+    assert {(r.per_class, r.n_train) for r in rows} == {(2, 6), (None, 9)}
+    assert all(r.correct.shape == (6,) and r.correct.dtype == torch.bool for r in rows)
+    assert [(r.strategy, r.seed) for r in rows[:4]] == [("scratch", 0), ("scratch", 1), ("head: last", 0),
+                                                        ("head: last", 1)]
     with pytest.raises(ValueError, match="Unknown strategy 'linear'"):
         scenarios.run_cell(domain, "linear", per_class=2, seed=0, backbone="lite", pretrained=small_efficientnet,
                            budget=budget)
@@ -129,6 +131,33 @@ def test_trained_strategies_train_what_they_say_even_from_a_frozen_model(small_e
     else:
         assert flags["classifier.weight"] and flags["bn2.weight"] and not flags["conv_stem.weight"]
     assert not any(p.requires_grad for p in small_efficientnet.parameters()), "the pretrained model is left as it was"
+
+
+def test_cells_repeat_with_their_seed_and_leave_the_global_generator_alone(small_efficientnet, monkeypatch):
+    """A scratch network's random weights and the batches come from the cell's seed, not from the caller's state."""
+    monkeypatch.setattr(models, "load_backbone", lambda name, pretrained=True: (copy.deepcopy(small_efficientnet)
+                                                                                if pretrained else
+                                                                                _random_like(small_efficientnet),
+                                                                                None))
+    domain = small_domain(small_efficientnet)
+    budget = scenarios.Budget(steps=3, batch_size=4, partial_stages=2)
+    results = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        state = torch.get_rng_state()
+        results.append(scenarios.run_cell(domain, "scratch", per_class=2, seed=7, backbone="lite",
+                                          pretrained=small_efficientnet, budget=budget))
+        assert torch.equal(torch.get_rng_state(), state), "the caller's random state is left as it was"
+    assert torch.equal(results[0].correct, results[1].correct) and results[0].n_train == 6
+
+
+def _random_like(model):
+    """A fresh copy of ``model`` with weights drawn from torch's global generator (as timm's initialisation)."""
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.normal_(0, 0.5)
+    return fresh
 
 
 def test_the_top_reads_feature_maps_of_any_width_and_scale_on_the_chosen_device(small_efficientnet):
