@@ -246,10 +246,8 @@ def find_splits(
             no ``train/`` beside other split folders, ``train/`` without a validation split, two folders
             for one split, class folders that differ between splits, a single class, or a bad ``val_fraction``.
 
-    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
-        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb; 09_when_to_transfer.ipynb and
-        11_your_own_images.ipynb (through domains and audit.holdout_splits)
+    Used in: every notebook but 06_fine_tuning_far_domain.ipynb (EuroSAT's split is fixed); 09 and 11 through
+        domains and audit.holdout_splits
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -260,8 +258,8 @@ def find_splits(
     if not found:
         full = image_folder(folder)
         _check_classes(full, "all images")
-        return dict(zip(("train", "val"), stratified_split(
-            full, val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction, seed=seed)))
+        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        return dict(zip(("train", "val"), stratified_split(full, val_fraction=fraction, seed=seed)))
     splits = _train_and_val(folder, found, val_fraction=val_fraction, seed=seed)
     if "test" in found:
         splits["test"] = image_folder(found["test"])
