@@ -92,7 +92,8 @@ def measure(model, size: int, batches: list[int], budget: float) -> tuple[list[d
     nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with engines.frozen_forward(model, images[:2], images=len(images), engine="torch") as eager, \
             engines.frozen_forward(model, images[:2], images=len(images), engine="onnxruntime") as fast:
-        gap = max((f - e).abs().max().item() / e.abs().max().item() for f, e in zip(fast(images[:8]), eager(images[:8])))
+        gap = max((f - e).abs().max().item() / e.abs().max().item()
+                  for f, e in zip(fast(images[:8]), eager(images[:8]), strict=True))
         for batch in batches:
             peaks.append(matmul_flops())
             row = {"batch": batch, "eager": images_per_second(eager, images[:batch], budget),
@@ -173,7 +174,8 @@ def main() -> None:
         flops, counts = flops_per_image(model, args.size)
         rows, peaks, gap = measure(model, args.size, [int(b) for b in args.batches.split(",")], args.budget)
     extras = end_to_end(model, args.size, args.images)
-    text = table(rows, peaks, gap, flops, counts, nominal_flops(min(args.threads, os.cpu_count() or 1)), extras, args.size)
+    nominal = nominal_flops(min(args.threads, os.cpu_count() or 1))
+    text = table(rows, peaks, gap, flops, counts, nominal, extras, args.size)
     text += f"\n\n{machine_line(threads=args.threads)} Command: `python benchmarks/feature_extraction.py " \
             f"--threads {args.threads}`."
     print(text)

@@ -5,7 +5,7 @@ ONNX Runtime does that two to four times faster than eager PyTorch on a CPU (``b
 measures it against the machine's limit), so :func:`frozen_forward` exports the network once per weights,
 image size and outputs (``deploy.export_onnx``, checked against PyTorch) and runs the export. Eager PyTorch
 (``channels_last``, ``torch.inference_mode``) runs instead when onnxruntime is missing, the model is on a GPU,
-there are too few images for the export to pay, or the export fails; the engine that ran is reported.
+there are too few pixels for the export to pay, or the export fails; the engine that ran is reported.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 ENGINES = ("auto", "onnxruntime", "torch")
-# Below this many images "auto" runs eager PyTorch: the export (about 1 s of CPU time for Lite0) would cost
-# more than ONNX Runtime saves (measured with benchmarks/feature_extraction.py at 96 and 224 px).
-ONNX_MIN_IMAGES = 128
+# Below this many pixels (images x height x width) "auto" runs eager PyTorch unless this process already exported
+# the network: twice the break-even measured for Lite0 on 1 thread of a 2-core AMD EPYC, where export + session
+# cost 1.8 CPU s at 224 px and ONNX Runtime saved 23 of 45 ms per image (break-even 75 images, 3.8 M pixels),
+# and 0.7 s at 96 px for 1.9 of 5.5 ms per image (384 images, 3.5 M pixels).
+ONNX_MIN_PIXELS = 8_000_000
 _SESSIONS: OrderedDict[tuple, object] = OrderedDict()  # the last few exports of this process, by what they compute
 _KEEP_SESSIONS = 4
 
@@ -98,12 +100,15 @@ class Forward:
         return self.run(images)
 
 
-def _session(network: Outputs, example: torch.Tensor):
+def _key(network: Outputs, example: torch.Tensor) -> tuple:
+    return (weights_digest(network), tuple(example.shape[1:]), tuple(network.pooled), tuple(network.maps),
+            torch.get_num_threads())
+
+
+def _session(network: Outputs, example: torch.Tensor, key: tuple):
     """An ONNX Runtime session of ``network`` for images shaped like ``example``, exported once per process."""
     from course_utils import deploy
 
-    key = (weights_digest(network), tuple(example.shape[1:]), tuple(network.pooled), tuple(network.maps),
-           torch.get_num_threads())
     if key not in _SESSIONS:
         batch = example[:2] if len(example) >= 2 else example.expand(2, *example.shape[1:])
         with tempfile.TemporaryDirectory() as folder:  # the session keeps the model in memory
@@ -132,7 +137,7 @@ def _eager(network: Outputs, device: torch.device) -> Forward:
     return Forward("torch", run)
 
 
-def _choose(engine: str, device: torch.device, images: int) -> str:
+def _choose(engine: str, device: torch.device, pixels: int, network: Outputs, example: torch.Tensor) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     installed = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -140,7 +145,8 @@ def _choose(engine: str, device: torch.device, images: int) -> str:
         raise ValueError(f"engine='onnxruntime' needs onnx and onnxruntime installed (pip install \"course-utils"
                          f"[deploy]\") and the model on the CPU (it is on {device}); or pass engine='auto'.")
     if engine == "auto":
-        return "onnxruntime" if installed and device.type == "cpu" and images >= ONNX_MIN_IMAGES else "torch"
+        pays = installed and device.type == "cpu" and (pixels >= ONNX_MIN_PIXELS or _key(network, example) in _SESSIONS)
+        return "onnxruntime" if pays else "torch"
     return engine
 
 
@@ -154,7 +160,7 @@ def frozen_forward(
     Args:
         model: The network; :class:`Outputs` says what comes out (``pooled``, ``maps``).
         example: A first batch: its image size is the size every batch must have.
-        images: How many images will run (``"auto"`` exports only for at least ``ONNX_MIN_IMAGES``).
+        images: How many images will run (``"auto"`` exports only when they hold ``ONNX_MIN_PIXELS``).
         engine: ``"auto"`` (ONNX Runtime when installed, on the CPU and worth it, else PyTorch),
             ``"onnxruntime"`` or ``"torch"`` (eager, ``channels_last``, ``torch.inference_mode``).
         device: Where eager PyTorch runs (default: where the model's parameters are).
@@ -167,13 +173,14 @@ def frozen_forward(
     from course_utils import deploy
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    chosen, network, was_training = _choose(engine, device, images), Outputs(model, pooled=pooled, maps=maps), model.training
+    network, was_training = Outputs(model, pooled=pooled, maps=maps), model.training
+    chosen = _choose(engine, device, images * example.shape[-2] * example.shape[-1], network, example)
     model.eval()
     try:
         forward = _eager(network, device)
         if chosen == "onnxruntime":
             try:
-                session = _session(network, example)
+                session = _session(network, example, _key(network, example))
                 forward = Forward("onnxruntime", lambda batch: deploy.run_onnx_outputs(session, batch))
             except _export_errors() as err:
                 if engine == "onnxruntime":

@@ -10,6 +10,14 @@ from torch.utils.data import Subset, TensorDataset
 from course_utils import data, features
 
 
+@pytest.fixture(autouse=True)
+def _no_export_from_another_test(monkeypatch):
+    """Every test starts without ONNX Runtime sessions memoised by an earlier one (engines.frozen_forward)."""
+    from course_utils import engines
+
+    monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
+
+
 def _images(n=6, size=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return TensorDataset(torch.randn(n, 3, size, size, generator=generator), torch.arange(n) % 3)
@@ -171,7 +179,6 @@ def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
 
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(engines, "ONNX_MIN_PIXELS", 1)
-    monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
 
     def broken(*args, **kwargs):
         raise RuntimeError("cannot export this")

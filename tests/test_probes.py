@@ -6,6 +6,14 @@ from course_utils import probes
 from course_utils.domains import TensorImages
 
 
+@pytest.fixture(autouse=True)
+def _no_export_from_another_test(monkeypatch):
+    """Every test starts without ONNX Runtime sessions memoised by an earlier one (engines.frozen_forward)."""
+    from course_utils import engines
+
+    monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
+
+
 @pytest.fixture
 def images():
     torch.manual_seed(1)
