@@ -203,3 +203,11 @@ def test_record_gradient_norms_match_a_plain_pytorch_loop(tiny_cnn):
         optimizer.step()
         assert history[step].step == step and history[step].loss == pytest.approx(loss.item(), rel=1e-5)
         assert history[step].norms == pytest.approx(expected, rel=1e-5)
+
+
+def test_record_gradient_norms_leaves_the_global_random_state_alone(tiny_cnn):
+    batches = [(torch.randn(3, 3, 12, 12), torch.tensor([0, 1, 4]))]
+    state = torch.get_rng_state()
+    gradients.record_gradient_norms(tiny_cnn, batches, steps=2, criterion=nn.CrossEntropyLoss(),
+                                    optimizer=torch.optim.SGD(tiny_cnn.parameters(), lr=0.1))
+    assert torch.equal(torch.get_rng_state(), state)

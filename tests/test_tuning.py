@@ -150,3 +150,12 @@ def test_suggestions_on_a_hand_made_record():
     assert record.min_loss_lr == 1e-2  # the lowest finite smoothed loss
     assert record.steepest_lr == 1e-3  # 1.9 -> 1.0 is the steepest fall per decade
     assert record.diverged(4.0)  # the last loss is not finite
+
+
+def test_range_test_leaves_the_global_random_state_alone():
+    model = _model()
+    loader = DataLoader(_loader().dataset, batch_size=20, generator=torch.Generator())  # draws from its own
+    state = torch.get_rng_state()
+    tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), loader, "cpu",
+                         steps=6)
+    assert torch.equal(torch.get_rng_state(), state)
