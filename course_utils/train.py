@@ -127,7 +127,7 @@ def train_one_epoch(
     With a ``scaler`` (``torch.amp.GradScaler``) the forward pass runs in float16 on CUDA (mixed
     precision; ``autocast`` picks another dtype), and every loss is scaled before ``backward``. A
     ``batch_scheduler`` (e.g. warm-up then cosine decay) is stepped after every optimizer step;
-    ``after_backward`` is passed to :func:`train_step`.
+    ``after_backward`` and an ``optimizer`` of None (gradients only) work as in :func:`train_step`.
 
     A batch of one image is skipped with a warning when the model has BatchNorm layers in training mode
     (they cannot normalise it); ``drop_last=True`` on the loader avoids it.
