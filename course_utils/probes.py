@@ -15,7 +15,7 @@ from torch import nn
 
 from course_utils.checkpoints import atomic_save, check_writable
 from course_utils.engines import frozen_forward, weights_digest
-from course_utils.features import Extracted, cache_path, load_cache
+from course_utils.feature_cache import Extracted, cache_path, load_cache
 
 
 def _forward_all(
@@ -54,7 +54,7 @@ def stage_features(
             need: see :func:`scenarios.top_of`). Keep them few: they are larger than pooled features.
         batch_size: Images per forward pass.
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
-            name (``features.cache_path``) hashes the stage names, the model's weights, and the dataset's
+            name (``feature_cache.cache_path``) hashes the stage names, the model's weights, and the dataset's
             files and transforms, or, for images held in memory, the exact input tensors and labels: any
             change of images, transform or weights computes the features again.
         device: Where the model runs (``None``: :func:`train.select_device`); it is moved there.
