@@ -1,7 +1,8 @@
 """Which engine runs a frozen network over many images: ONNX Runtime when it is installed and pays, else PyTorch.
 
 Feature extraction only runs the network forward, in eval mode, over the same image size again and again.
-ONNX Runtime does that two to four times faster than eager PyTorch on a CPU (``benchmarks/feature_extraction.py``
+On the 2-core CPUs measured, ONNX Runtime did that 1.5 to 4 times faster than eager PyTorch (per image: 21 vs
+45 ms of CPU at 224 px, 3.6 vs 5.5 ms at 96 px, on 1 thread of an AMD EPYC; ``benchmarks/feature_extraction.py``
 measures it against the machine's limit), so :func:`frozen_forward` exports the network once per weights,
 image size and outputs (``deploy.export_onnx``, checked against PyTorch) and runs the export. Eager PyTorch
 (``channels_last``, ``torch.inference_mode``) runs instead when onnxruntime is missing, the model is on a GPU,
