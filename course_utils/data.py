@@ -119,7 +119,8 @@ def _check_not_empty(dataset: Dataset) -> None:
 class Transformed(Dataset):
     """A dataset of ``(PIL image, label)`` with a transform applied to each image on access.
 
-    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb,
+        06_fine_tuning_far_domain.ipynb
     """
 
     def __init__(self, dataset: Dataset, transform) -> None:
