@@ -135,7 +135,7 @@ def train_one_epoch(
     Raises:
         ValueError: ``data_loader`` yields no batch, yields single images instead of batches, every batch
             holds one image under BatchNorm, or a label has no output in the model.
-        TypeError: The first batch is not float images (see ``models.check_images``).
+        TypeError: The first batch is not float images (see ``training_checks.check_images``).
 
     Used in: 05_feature_extraction.ipynb, 10_deployment_and_scaling.ipynb (its DDP script); every other notebook
         that trains through fit, features.train_head, tuning.lr_range_test, gradients.record_gradient_norms or
@@ -178,7 +178,7 @@ def evaluate(
 
     Raises:
         ValueError: ``data_loader`` yields no batch or single images, a label has no output in the model,
-            or the first batch is not normalised images (``models.check_images``: also TypeError).
+            or the first batch is not normalised images (``training_checks.check_images``: also TypeError).
 
     Used in: 10_deployment_and_scaling.ipynb (its DDP script), 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
         06_fine_tuning_far_domain.ipynb (through fit)
@@ -213,7 +213,7 @@ def predict(
 
     Raises:
         ValueError: ``data_loader`` yields no batch, or its first batch is not normalised images with the
-            model's number of channels (``models.check_images``: uint8 pixels raise TypeError).
+            model's number of channels (``training_checks.check_images``: uint8 pixels raise TypeError).
 
     Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
         08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -34,12 +35,10 @@ def check_batch(images: torch.Tensor) -> None:
 
 
 def first_batch_checked(model: nn.Module, first: bool) -> AbstractContextManager:
-    """On the first batch, the model's first convolution checks its input (``models.images_checked``).
+    """On the first batch, the model's first convolution checks its input (:func:`images_checked`).
 
     Used in: every notebook that trains or predicts (through train.train_one_epoch, evaluate and predict)
     """
-    from course_utils.models import images_checked
-
     return images_checked(model) if first else nullcontext()
 
 
@@ -130,3 +129,57 @@ def check_learning_rates(optimizer: torch.optim.Optimizer, scheduler) -> None:
     if scheduler is None and not any(rates):
         raise ValueError("The optimizer has lr=0 in every parameter group: training trains nothing (no weight "
                          "changes). Pass a learning rate such as 1e-3, or a scheduler that warms up from 0.")
+
+
+def check_images(images: torch.Tensor, *, channels: int = 3) -> None:
+    """Refuse an image batch a model would turn into confident nonsense, saying how to prepare it.
+
+    Integer pixels (``uint8`` not converted to float), another channel count than ``channels``
+    (greyscale into an RGB model), and values far outside normalised pixels (0-255 values that skipped
+    ``ToDtype(scale=True)`` and ``Normalize``: normalised pixels stay within about -3 to 3).
+
+    Raises:
+        TypeError: Integer pixels.
+        ValueError: Wrong number of channels, or values above 20.
+
+    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb (through train.fit, evaluate and predict)
+    """
+    if not images.is_floating_point():
+        raise TypeError(f"The images are {str(images.dtype).removeprefix('torch.')} pixels; models take normalised "
+                        "float32. Prepare them with data.build_transforms(pre) (ToDtype(torch.float32, "
+                        "scale=True) then Normalize(pre.mean, pre.std)).")
+    if images.dim() == 4 and images.shape[1] != channels:
+        raise ValueError(f"The batch has {images.shape[1]} channel(s) per image (shape {tuple(images.shape)}), but "
+                         f"the model's first convolution takes {channels} (RGB). Load images as RGB "
+                         "(data.load_rgb, or image.convert('RGB')); a greyscale tensor: x.expand(-1, 3, -1, -1).")
+    high = float(images.detach().abs().amax())
+    if high > 20:
+        raise ValueError(f"The batch holds values up to {high:.0f}: 0-255 pixels, not normalised ones (about -2 "
+                         "to 3). Scale and normalise them as in training: data.build_transforms(pre) "
+                         "(ToDtype(torch.float32, scale=True) then Normalize(pre.mean, pre.std)).")
+
+
+@contextmanager
+def images_checked(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, the first convolution the model runs checks its input (:func:`check_images`).
+
+    Only when that convolution takes RGB (3 channels): a model that reads feature maps is not judged.
+    The hooks are removed on exit, also when the block raises.
+
+    Used in: 02_data_augmentation.ipynb, 06_fine_tuning.ipynb (through train.fit, evaluate and predict)
+    """
+    seen: list[bool] = []
+
+    def first_conv(module: nn.Conv2d, args: tuple) -> None:
+        if not seen:
+            seen.append(True)
+            if module.in_channels == 3 and isinstance(args[0], torch.Tensor):
+                check_images(args[0])
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [conv.register_forward_pre_hook(first_conv) for conv in convs]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
