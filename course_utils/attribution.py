@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_utils.arguments import require_int
+
 METHODS = ("saliency", "integrated_gradients", "smoothgrad", "gradient_shap", "occlusion", "grad_cam")
 IG_STEP_CANDIDATES = (4, 8, 16, 32, 64)  # numbers of Integrated Gradients steps notebook 08's exercise 2 chooses from
 
@@ -135,8 +137,8 @@ def _occlusion(model, x, target, base, kwargs):
 
     window, stride = kwargs.pop("window", 32), kwargs.pop("stride", 16)
     for label, value in (("window", window), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"occlusion {label} must be a positive number of pixels such as 16, got {value!r}.")
+        require_int(f"occlusion {label}", value, example=16, fix="It is a length in pixels (window: the side of "
+                    "the square set to the baseline; stride: how far the square moves each time).")
     channels = x.shape[1]
     return Occlusion(model).attribute(
         x, sliding_window_shapes=(channels, window, window), strides=(channels, stride, stride),

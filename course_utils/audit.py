@@ -16,6 +16,7 @@ import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from course_utils.arguments import int_problem
 from course_utils.folders import SPLIT_FOLDER_NAMES, find_splits
 from course_utils.images import is_image_file, load_rgb
 
@@ -232,6 +233,19 @@ def copy_split_folder(parts: dict, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _check_counts(counts: dict[str, int], *, size: int) -> None:
+    """Raise one message for every count that is not a positive integer, or for a total above ``size``."""
+    problems = [int_problem(part, count, maximum=size, example=default,
+                            fix=f"It is the number of images per class put in {part}/.")
+                for (part, count), default in zip(counts.items(), (60, 20, 20))]
+    problems = [problem for problem in problems if problem]
+    if not problems and sum(counts.values()) > size:
+        problems.append(f"train + val + test must be at most {size} (the capstone images per class), got "
+                        f"{sum(counts.values())} from {counts}. Lower one of them; the defaults are 60 + 20 + 20.")
+    if problems:
+        raise ValueError(" ".join(problems))
+
+
 def eurosat_capstone_folder(folder: str | os.PathLike, *, train: int = 60, val: int = 20, test: int = 20) -> Path:
     """The capstone part of the EuroSAT split (100 images per class) copied to ``folder/{train,val,test}/<class>``.
 
@@ -249,9 +263,7 @@ def eurosat_capstone_folder(folder: str | os.PathLike, *, train: int = 60, val: 
 
     size = eurosat.split_lists()["sizes"]["capstone"]
     counts = {"train": train, "val": val, "test": test}
-    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts.values()) or sum(counts.values()) > size:
-        raise ValueError(f"train, val and test must be positive integers adding up to at most {size} (the capstone "
-                         f"images per class), got {counts}.")
+    _check_counts(counts, size=size)
     capstone = eurosat.splits(per_class={"capstone": size})["capstone"]
     by_class: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(capstone.targets):

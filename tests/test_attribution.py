@@ -1,4 +1,6 @@
 """attribute() over Captum methods by name: exact answers on a linear model, shapes, and bad input."""
+import re
+
 import matplotlib
 import numpy as np
 import pytest
@@ -90,6 +92,16 @@ def test_rejects_train_mode_missing_layer_and_misplaced_delta(tiny_cnn):
         attribution.attribute(tiny_cnn, image, method="grad_cam", target=0, layer="conv9")
     with pytest.raises(ValueError, match="return_delta=True works only"):
         attribution.attribute(tiny_cnn, image, method="saliency", target=0, return_delta=True)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"window": 0}, "occlusion window must be a positive integer such as 16, got 0. It is a length in pixels"),
+    ({"stride": True}, "occlusion stride must be a positive integer such as 16, got True."),
+])
+def test_occlusion_rejects_a_window_or_stride_that_is_not_a_pixel_count(tiny_cnn, kwargs, message):
+    tiny_cnn.eval()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        attribution.attribute(tiny_cnn, torch.randn(3, 8, 8), method="occlusion", target=0, **kwargs)
 
 
 def test_overlay_attribution_draws_image_and_heat_map():

@@ -101,3 +101,16 @@ def test_copy_split_folder_writes_a_folder_the_audit_reads(messy, tmp_path):
     assert sum(summary["counts"]["test"].values()) == 6
     with pytest.raises(FileNotFoundError, match="No folder at"):
         audit.audit_folder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"train": 0, "val": True}, "train must be an integer from 1 to 100 such as 60, got 0. It is the number of "
+                                "images per class put in train/. val must be an integer from 1 to 100 such as 20, "
+                                "got True."),
+    ({"train": 90}, "train + val + test must be at most 100 (the capstone images per class), got 130"),
+])
+def test_capstone_counts_are_checked_before_anything_is_copied(tmp_path, counts, message):
+    with pytest.raises(ValueError) as error:
+        audit.eurosat_capstone_folder(tmp_path / "capstone", **counts)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "capstone").exists()
