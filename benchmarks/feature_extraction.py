@@ -178,6 +178,11 @@ def main() -> None:
     text = table(rows, peaks, gap, flops, counts, nominal, extras, args.size)
     text += f"\n\n{machine_line(threads=args.threads)} Command: `python benchmarks/feature_extraction.py " \
             f"--threads {args.threads}`."
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > (os.cpu_count() or 1):
+        text += (f"\n\nThe load average ({load:.1f}) exceeded the {os.cpu_count()} cores: other jobs shared them, so "
+                 "the wall-clock columns mostly show the load and the CPU-time columns are the ones to read. "
+                 "Rerun on an idle machine to replace this table.")
     print(text)
     if not args.no_readme:
         write_section("feature_extraction", text)
