@@ -15,6 +15,7 @@ from pathlib import Path
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
+from course_utils.arguments import require_number
 from course_utils.images import HEIF_FIX, IMAGE_EXTENSIONS, is_image_file, load_rgb, undecodable
 
 SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -169,12 +170,6 @@ def _check_classes(dataset: ImageFolder, name: str, reference: ImageFolder | Non
         )
 
 
-def _check_fraction(val_fraction: float) -> None:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}. "
-                         "0.2 holds out a fifth of the images of every class.")
-
-
 def stratified_split(dataset: ImageFolder, *, val_fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
     """Split a dataset so that every class is in both parts, about ``val_fraction`` of it in the second.
 
@@ -192,7 +187,8 @@ def stratified_split(dataset: ImageFolder, *, val_fraction: float, seed: int = 0
     """
     import torch
 
-    _check_fraction(val_fraction)
+    require_number("val_fraction", val_fraction, above=0, below=1, example=0.2,
+                   fix="0.2 holds out a fifth of the images of every class.")
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(dataset.targets):
         by_class.setdefault(int(label), []).append(index)

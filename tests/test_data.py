@@ -68,10 +68,10 @@ def test_find_splits_single_folder_is_split_by_seeded_fraction(tmp_path):
     assert image.mode == "RGB" and label in (0, 1, 2)
 
 
-@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
+@pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True, float("nan")])
 def test_find_splits_rejects_bad_val_fraction(tmp_path, fraction):
     _tree(tmp_path, 2)
-    with pytest.raises(ValueError, match=f"got {fraction!r}"):
+    with pytest.raises(ValueError, match=rf"between 0 and 1 \(exclusive\) such as 0\.2, got {fraction!r}\. 0\.2 hold"):
         data.find_splits(tmp_path, val_fraction=fraction)
 
 
