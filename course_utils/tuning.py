@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int, require_number
+
 
 def _check_range(start_lr: float, end_lr: float, steps: int) -> None:
-    for label, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{label} must be a positive number such as 1e-6, got {value!r}.")
+    require_number("start_lr", start_lr, example="1e-6", fix="The test starts at this learning rate.")
+    require_number("end_lr", end_lr, example="1.0", fix="The test stops at this learning rate.")
     if not end_lr > start_lr:
         raise ValueError(f"end_lr ({end_lr!r}) must be larger than start_lr ({start_lr!r}); e.g. 1e-6 to 1.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 5:
-        raise ValueError(f"steps must be an integer of at least 5 (e.g. 40), got {steps!r}.")
+    require_int("steps", steps, minimum=5, example=40, fix="Each step trains one mini-batch at a larger rate.")
 
 
 @dataclass
@@ -144,8 +144,7 @@ def warmup_cosine(
     Used in: 06_fine_tuning_far_domain.ipynb
     """
     for label, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{label} must be an integer number of optimizer steps, got {value!r}.")
+        require_int(label, value, minimum=None, fix="It counts optimizer steps (epochs x batches per epoch in all).")
     if not 1 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be from 1 to total_steps - 1 ({total_steps - 1}), got {warmup_steps!r}; "
                          "a tenth of total_steps is common.")

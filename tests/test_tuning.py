@@ -1,5 +1,6 @@
 """course_utils.tuning: the learning-rate range test, checked on a tiny model whose loss we understand."""
 import copy
+import re
 
 import pytest
 import torch
@@ -64,12 +65,15 @@ def test_group_ratios_are_kept():
     assert seen[0][0] == pytest.approx(1e-5) and seen[-1][0] == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"start_lr": 0}, "start_lr"), ({"start_lr": 1.0, "end_lr": 0.1}, "larger"), ({"steps": 3}, "steps"),
+@pytest.mark.parametrize("kwargs, message", [
+    ({"start_lr": 0}, "start_lr must be a positive number such as 1e-6, got 0. The test starts"),
+    ({"end_lr": float("inf")}, "end_lr must be a positive number such as 1.0, got inf."),
+    ({"start_lr": 1.0, "end_lr": 0.1}, "end_lr (0.1) must be larger than start_lr (1.0)"),
+    ({"steps": 3}, "steps must be an integer of at least 5 such as 40, got 3."),
 ])
-def test_bad_arguments(kwargs, match):
+def test_bad_arguments(kwargs, message):
     model = _model()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(message)):
         tuning.lr_range_test(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
                              _loader(), "cpu", **kwargs)
 
@@ -112,11 +116,15 @@ def test_warmup_cosine_rises_linearly_then_decays_keeping_group_ratios():
     assert all(r[1] == pytest.approx(r[0] / 10) for r in rates)
 
 
-@pytest.mark.parametrize("kwargs", [{"total_steps": 10, "warmup_steps": 0}, {"total_steps": 10, "warmup_steps": 10},
-                                    {"total_steps": 10.0, "warmup_steps": 2}])
-def test_warmup_cosine_refuses_bad_step_counts(kwargs):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"total_steps": 10, "warmup_steps": 0}, "warmup_steps must be from 1 to total_steps - 1 (9), got 0"),
+    ({"total_steps": 10, "warmup_steps": 10}, "warmup_steps must be from 1 to total_steps - 1 (9), got 10"),
+    ({"total_steps": 10.0, "warmup_steps": 2}, "total_steps must be an integer, got 10.0. It counts optimizer steps"),
+    ({"total_steps": 10, "warmup_steps": True}, "warmup_steps must be an integer, got True."),
+])
+def test_warmup_cosine_refuses_bad_step_counts(kwargs, message):
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=re.escape(message)):
         tuning.warmup_cosine(optimizer, **kwargs)
 
 
