@@ -38,7 +38,8 @@ def int_problem(name: str, value: Any, *, minimum: int | None = 1, maximum: int 
                 example: Any = None, fix: str = "") -> str | None:
     """What is wrong with ``value`` as an integer argument from ``minimum`` to ``maximum`` (None if nothing).
 
-    Used in: the instructor tools (course_admin); through :func:`require_int`, helpers' argument checks
+    Used in: audit.eurosat_capstone_folder (one message for all three counts); through :func:`require_int`,
+        helpers' argument checks
     """
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
@@ -72,7 +73,8 @@ def require_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int 
     Raises:
         ValueError: "{name} must be a positive integer such as {example}, got {value!r}. {fix}"
 
-    Used in: argument checks of the package's helpers (no notebook calls it)
+    Used in: argument checks of the helpers of attribution, backbones, domains, eurosat, gradients, models,
+        scenarios, train and tuning (no notebook calls it)
     """
     return _checked(value, int_problem(name, value, minimum=minimum, maximum=maximum, example=example, fix=fix))
 
@@ -80,5 +82,8 @@ def require_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int 
 def require_number(name: str, value: Any, *, above: float | None = 0, below: float | None = None,
                    example: Any = None, fix: str = "") -> float:
     """Return ``value`` if it is a finite real number (not a bool) strictly between ``above`` and ``below``,
-    else raise ``ValueError`` worded like :func:`require_int`'s. Used in: argument checks of helpers."""
+    else raise ``ValueError`` worded like :func:`require_int`'s.
+
+    Used in: argument checks of folders.stratified_split and tuning.lr_range_test (no notebook calls it)
+    """
     return _checked(value, number_problem(name, value, above=above, below=below, example=example, fix=fix))
