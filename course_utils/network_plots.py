@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from course_utils.data import denormalize
-from course_utils.plotting import _grid, _layout_square_panels
+from course_utils.plotting import layout_square_panels, panel_axes
 
 
 def plot_gradient_norms(
@@ -87,7 +87,7 @@ def plot_feature_maps(
         raise ValueError(f"plot_feature_maps expects one (C, H, W) activation, got shape "
                          f"{tuple(activation.shape)}. For a batch, pass activation[0].")
     count = min(count, activation.shape[0])
-    flat = _grid(count, ncols, axes)
+    flat = panel_axes(count, ncols, axes)
     maps = activation.detach().float().cpu()
     for i, ax in enumerate(flat):
         ax.axis("off")
@@ -130,7 +130,7 @@ def plot_filters(
     count = min(count, weight.shape[0])
     if titles is not None and len(titles) != count:
         raise ValueError(f"Got {len(titles)} titles for {count} filters; pass one title per filter.")
-    flat = _grid(count, ncols, axes, cell=1.1)
+    flat = panel_axes(count, ncols, axes, cell=1.1)
     filters = weight.detach().float().cpu()[:count]
     low = filters.flatten(1).min(1).values.view(-1, 1, 1, 1)
     high = filters.flatten(1).max(1).values.view(-1, 1, 1, 1)
@@ -184,7 +184,7 @@ def plot_feature_overlay(
     low, high = maps.flatten(1).min(1).values, maps.flatten(1).max(1).values
     maps = (maps - low.view(-1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1)
     photo = denormalize(image.detach().float().cpu(), mean, std).permute(1, 2, 0).numpy()
-    flat = _grid(len(channels), ncols, axes, cell=2.2)
+    flat = panel_axes(len(channels), ncols, axes, cell=2.2)
     for i, ax in enumerate(flat):
         ax.axis("off")
         if i < len(channels):
@@ -194,7 +194,7 @@ def plot_feature_overlay(
     fig = flat[0].figure
     fig.suptitle(f"{title} ({activation.shape[1]}x{activation.shape[2]} cells upsampled to "
                  f"{image.shape[1]}x{image.shape[2]} px)")
-    _layout_square_panels(fig, rows=math.ceil(len(channels) / ncols), cell=2.2, title_lines=1, new=axes is None)
+    layout_square_panels(fig, rows=math.ceil(len(channels) / ncols), cell=2.2, title_lines=1, new=axes is None)
     return fig
 
 

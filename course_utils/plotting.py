@@ -86,7 +86,7 @@ def plot_image_grid(
         )
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"Got {len(images)} images but {len(titles)} titles; pass one title per image.")
-    flat = _grid(len(images), ncols, axes, cell=2.6)
+    flat = panel_axes(len(images), ncols, axes, cell=2.6)
     for i, ax in enumerate(flat):
         if i < len(images):
             show_image(images[i], mean=mean, std=std, title=titles[i] if titles else None, ax=ax)
@@ -96,7 +96,7 @@ def plot_image_grid(
     if suptitle:
         fig.suptitle(suptitle)
     lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
-    _layout_square_panels(fig, rows=math.ceil(len(images) / ncols), cell=2.6, title_lines=lines, new=axes is None)
+    layout_square_panels(fig, rows=math.ceil(len(images) / ncols), cell=2.6, title_lines=lines, new=axes is None)
     return fig
 
 
@@ -135,8 +135,11 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     return fig
 
 
-def _grid(count: int, ncols: int, axes, cell: float = 1.4) -> list:
-    """At least ``count`` axes, flattened: the given ``axes``, or a new figure of ``ncols`` columns."""
+def panel_axes(count: int, ncols: int, axes, cell: float = 1.4) -> list:
+    """At least ``count`` axes, flattened: the given ``axes``, or a new figure of ``ncols`` columns.
+
+    Used in: every image grid of plotting and network_plots (no notebook calls it)
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -149,11 +152,13 @@ def _grid(count: int, ncols: int, axes, cell: float = 1.4) -> list:
     return flat
 
 
-def _layout_square_panels(fig, *, rows: int, cell: float, title_lines: int, new: bool) -> None:
+def layout_square_panels(fig, *, rows: int, cell: float, title_lines: int, new: bool) -> None:
     """Lay out a grid of square images so that no title overlaps the row above.
 
     tight_layout ignores the fixed aspect of images, so in a figure we created we size the rows for the
     images plus their titles and let constrained layout place them; given axes keep tight_layout.
+
+    Used in: every image grid of plotting and network_plots (no notebook calls it)
     """
     if new:
         fig.set_size_inches(fig.get_size_inches()[0], rows * (cell + 0.2 * title_lines) + 0.5)

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_utils import network_plots, plotting  # noqa: E402
+from course_utils import network_plots, plotting, tuning  # noqa: E402
 from course_utils.data import denormalize  # noqa: E402
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -136,11 +136,12 @@ def test_plot_history_rejects_an_empty_history():
 def test_plot_lr_range_shows_every_loss_below_the_smoothed_curve():
     losses = [0.7, 0.68, 0.4, 0.2, 0.15, 0.3, 2.5]   # single batches fall below the smoothed minimum
     smoothed = [0.7, 0.69, 0.62, 0.5, 0.4, 0.37, 0.9]
-    result = {"lr": [1e-5 * 10 ** i for i in range(7)], "loss": losses, "smoothed": smoothed,
-              "min_loss_lr": 1e-0, "steepest_lr": 1e-2}
+    result = tuning.RangeTest(lr=[1e-5 * 10 ** i for i in range(7)], loss=losses, smoothed=smoothed)
     ax = plotting.plot_lr_range(result)
     bottom, top = ax.get_ylim()
     assert bottom < min(losses) and top > max(smoothed[:-1])
+
+
 def test_plot_feature_overlay_lays_upsampled_maps_over_the_image():
     image = torch.zeros(3, 16, 16)
     activation = torch.zeros(5, 4, 4)
