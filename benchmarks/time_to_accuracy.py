@@ -309,10 +309,12 @@ def accuracy_rows(spec: Spec, runs: dict[str, list[Run]], target: float) -> list
     return rows
 
 
-def report(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict], *, seeds: int, wall: float) -> str:
+def report(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict], *, seeds: int, wall: float,
+           load: float) -> str:
     """The Markdown written into README.md: machine, both tables and what each dataset's numbers rest on."""
     lines = [machine_line(threads=torch.get_num_threads()),
-             f"EfficientNet-Lite0, {seeds} seeds per recipe, {wall:.0f} s wall for the whole run. Seconds: median over "
+             f"EfficientNet-Lite0, {seeds} seeds per recipe, {wall:.0f} s wall for the whole run (load average "
+             f"{load:.1f} at the start). Seconds: median over "
              "seeds (and epochs); accuracy: mean over seeds; the range over seeds in parentheses.", "",
              "| dataset | recipe | pixels | batch | before the first step (s) | per training epoch (s) "
              "| per validation pass (s) |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
@@ -332,7 +334,8 @@ def report(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict], *, 
 
 
 def plot_curves(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict], axes=None):
-    """Validation accuracy against seconds on the clock: each seed thin, the seeds' mean bold; log time axis."""
+    """Validation accuracy against seconds on the clock: each seed thin; bold, the seeds' mean accuracy at their
+    median time; log time axis."""
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
@@ -343,9 +346,9 @@ def plot_curves(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict]
         for color, (recipe, group) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], runs.items()):
             for run in group:
                 ax.plot(run.times(), run.accs, color=color, alpha=0.35, linewidth=0.8, marker="o", markersize=2)
-            mean_times = [statistics.mean(ts) for ts in zip(*(run.times() for run in group))]
+            median_times = [statistics.median(ts) for ts in zip(*(run.times() for run in group))]
             mean_accs = [statistics.mean(accs) for accs in zip(*(run.accs for run in group))]
-            ax.plot(mean_times, mean_accs, color=color, linewidth=2, marker=".", label=recipe)
+            ax.plot(median_times, mean_accs, color=color, linewidth=2, marker=".", label=recipe)
         ax.axhline(notes[name]["majority"], color="grey", linestyle="--", linewidth=1, label="majority class")
         ax.axhline(notes[name]["target"], color="black", linestyle=":", linewidth=1, label="target")
         ax.set(xscale="log", title=f"{name}: validation accuracy against time ({len(group)} seeds)",
@@ -355,8 +358,8 @@ def plot_curves(results: dict[str, dict[str, list[Run]]], notes: dict[str, dict]
         ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
     handles, labels = axes[0].get_legend_handles_labels()
     figure = axes[0].figure
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     return figure
 
 
@@ -377,12 +380,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # the tutorial's 4 workers, on purpose
     limit, seeds = (2, min(args.seeds, 2)) if args.quick else (None, args.seeds)
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     imagenet, pre = models.load_backbone(models.DEFAULT_BACKBONE)
     results = {name: measure(SPECS[name], imagenet, pre, seeds=list(range(seeds)), limit=limit, quick=args.quick)
                for name in args.datasets}
     notes = {name: dataset_notes(SPECS[name], runs, limit) for name, runs in results.items()}
-    markdown = report(results, notes, seeds=seeds, wall=time.perf_counter() - start)
+    markdown = report(results, notes, seeds=seeds, wall=time.perf_counter() - start, load=load)
     print("\n" + markdown)
     path = data.runs_root() / "benchmarks" / f"time_to_accuracy{'-quick' if args.quick else ''}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
