@@ -219,7 +219,7 @@ def copy_split_folder(parts: dict, folder: str | os.PathLike) -> Path:
 
     Used in: 11_your_own_images.ipynb
     """
-    from course_utils.checkpoints import atomic_path
+    from course_utils.files import atomic_path
     from course_utils.data import image_files
 
     folder = Path(folder)

@@ -40,12 +40,12 @@ def require_deploy_packages() -> dict[str, str]:
 def save_onnx(program, path: str | os.PathLike) -> Path:
     """Write what ``torch.onnx.export(..., dynamo=True)`` returned to ``path``, weights inside, atomically.
 
-    The file is written beside ``path`` and renamed onto it (``checkpoints.atomic_path``), so a crash
+    The file is written beside ``path`` and renamed onto it (``files.atomic_path``), so a crash
     never leaves half a model behind.
 
     Used in: 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
-    from course_utils.checkpoints import atomic_path
+    from course_utils.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -139,7 +139,7 @@ def export_onnx(
     """
     import warnings
 
-    from course_utils.checkpoints import atomic_path
+    from course_utils.files import atomic_path
 
     if example.dim() < 1 or len(example) < 2:
         raise ValueError(f"example must hold at least 2 images (a batch of 1 would fix the batch size), got shape "

@@ -74,7 +74,7 @@ def _check_not_inside(root: Path, manifest: dict[str, str], setting: str) -> Non
 
 def _check_can_write(root: Path, folder_name: str, setting: str) -> None:
     """Before downloading: ``root`` (or the folder it will be made in) can take new files. Nothing is left."""
-    from course_utils.checkpoints import write_error
+    from course_utils.files import write_error
 
     existing = next(p for p in (root, *root.parents) if p.exists())
     err = write_error(existing, create=False)

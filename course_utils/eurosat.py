@@ -89,7 +89,7 @@ def _download(root: Path) -> None:
 
     from torchvision.datasets import EuroSAT
 
-    from course_utils.checkpoints import write_error
+    from course_utils.files import write_error
 
     existing = next(p for p in (root, *root.parents) if p.exists())
     err = write_error(existing, create=False)   # tries a real write: permission bits mislead root

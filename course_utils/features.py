@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_utils.checkpoints import atomic_save, check_writable
+from course_utils.files import atomic_save, check_writable
 from course_utils.engines import frozen_forward, weights_digest
 from course_utils.feature_cache import Extracted, cache_path, load_cache
 

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from course_utils.checkpoints import Description, atomic_path
+from course_utils.checkpoints import Description
+from course_utils.files import atomic_path
 from course_utils.models import Preprocessing
 
 METADATA_KEY = "course_utils.classifier"

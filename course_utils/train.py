@@ -19,7 +19,7 @@ from torch import nn
 
 from course_utils import checkpoints
 from course_utils.arguments import require_int
-from course_utils.checkpoints import check_writable
+from course_utils.files import check_writable
 from course_utils.training_checks import (
     check_batch, check_head_fits, check_labels, check_learning_rates, check_seen, check_skipped, first_batch_checked,
 )

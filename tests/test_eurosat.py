@@ -116,13 +116,13 @@ def test_a_read_only_data_root_is_refused_before_downloading(tmp_path, monkeypat
 
     import torchvision.datasets
 
-    from course_utils import checkpoints
+    from course_utils import files
 
     def never(self):
         raise AssertionError("nothing may be downloaded into a folder that cannot be written")
 
     monkeypatch.setattr(torchvision.datasets.EuroSAT, "download", never)
-    monkeypatch.setattr(checkpoints, "write_error", lambda folder, create=True: OSError(errno.EROFS, "read-only"))
+    monkeypatch.setattr(files, "write_error", lambda folder, create=True: OSError(errno.EROFS, "read-only"))
     with pytest.raises(PermissionError, match="cannot be written"):
         eurosat.eurosat(tmp_path / "data")
     assert not (tmp_path / "data").exists()
