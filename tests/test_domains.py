@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from course_utils import data, domains
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.5, 0.25, 0.2)  # per-channel on purpose: a mix-up of channels would show
 PRE = Preprocessing(resize=40, crop=32, mean=MEAN, std=STD)

@@ -129,7 +129,7 @@ def test_changed_weights_miss_the_cache_and_the_same_weights_hit_it(tiny_cnn, ti
 def test_changed_transform_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
     from torchvision.transforms import v2
 
-    from course_utils.models import Preprocessing
+    from course_utils.weights import Preprocessing
 
     pre = Preprocessing(resize=20, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     folder = data.image_folder(tiny_dataset / "val")

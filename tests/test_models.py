@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import models
+from course_utils import models, weights
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_unknown_backbone_lists_the_valid_names():
 def test_lite0_without_weights_builds_in_eval_mode_and_channels_last():
     model, pre = models.load_backbone("efficientnet_lite0", pretrained=False)
     assert not model.training
-    assert pre == models.Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
+    assert pre == weights.Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
                                        interpolation="bicubic")
     stem = model.conv_stem.weight
     assert stem.is_contiguous(memory_format=torch.channels_last)
@@ -185,7 +185,7 @@ def test_torchvision_weights_offline_with_empty_cache(tmp_path, monkeypatch):
     # torch.hub binds urlopen at import time, so patch that name as well as the urllib original.
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(models.WeightsUnavailableError) as info:
+    with pytest.raises(weights.WeightsUnavailableError) as info:
         models.load_backbone("resnet18")
     assert len(attempts) == 1, "the download must have been tried (through the patched urlopen) once"
     message = str(info.value)

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from course_utils import checkpoints, data, deploy, predict
-from course_utils.models import Preprocessing
+from course_utils.weights import Preprocessing
 
 pytest.importorskip("onnxruntime")
 CLASSES = ["cats", "dogs", "owls"]
