@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from course_utils.arguments import require_int
+
 DEPLOY_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -79,8 +81,8 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, spinnin
     if not path.is_file():
         raise FileNotFoundError(f"No ONNX model at {path}: export one with torch.onnx.export(...).save(path).")
     threads = torch.get_num_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer such as {torch.get_num_threads()}, got {threads!r}.")
+    require_int("threads", threads, example=torch.get_num_threads(),
+                fix="It is how many CPU threads ONNX Runtime uses; leave it as None for torch's count.")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -207,10 +209,8 @@ def time_runs(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) ->
 
     Used in: 10_deployment_and_scaling.ipynb
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer (e.g. 5), got {repeats!r}.")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer (e.g. 1), got {warmup!r}.")
+    require_int("repeats", repeats, example=5, fix="It is how many timed calls the median is taken over.")
+    require_int("warmup", warmup, minimum=0, example=1, fix="It is how many untimed calls come first (0 for none).")
     for _ in range(warmup):
         fn()
     runs, cpu = [], []

@@ -8,7 +8,6 @@ The backbone runs on ONNX Runtime when it is installed (``engines.frozen_forward
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int, require_number
 from course_utils.files import atomic_save, check_writable
 from course_utils.engines import frozen_forward, weights_digest
 from course_utils.feature_cache import Extracted, cache_path, load_cache
@@ -98,8 +98,7 @@ def extract_features(
     Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
         06_fine_tuning_far_domain.ipynb
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
+    require_int("batch_size", batch_size, example=64, fix="It is how many images go through the backbone at once.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: check the folder passed to find_splits().")
     path = None
@@ -126,8 +125,7 @@ def _check_features(train_features, train_labels, val_features, val_labels, num_
     if train_features.shape[1] != val_features.shape[1]:
         raise ValueError(f"Feature dims differ: train {train_features.shape[1]}, val {val_features.shape[1]}. "
                          "Extract both splits with the same backbone.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    require_int("num_classes", num_classes, minimum=2, fix="Pass num_classes=len(dataset.classes).")
     for split, (_, labels) in pairs.items():
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
@@ -203,9 +201,7 @@ def train_head(
     from course_utils.train import fit
 
     _check_features(train_features, train_labels, val_features, val_labels, num_classes)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0 such as 1e-3, got {lr!r} (lr=0 trains nothing: the "
-                         "head keeps its random initial weights).")
+    require_number("lr", lr, example="1e-3", fix="lr=0 trains nothing: the head keeps its random initial weights.")
     device = train_features.device
     train_set = TensorDataset(train_features, train_labels.long())
     val_loader = DataLoader(TensorDataset(val_features, val_labels.long()), batch_size=batch_size)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from course_utils.arguments import require_int
 from course_utils.files import atomic_save, check_writable
 from course_utils.engines import frozen_forward, weights_digest
 from course_utils.feature_cache import Extracted, cache_path, load_cache
@@ -79,8 +80,7 @@ def stage_features(
     maps = [maps] if isinstance(maps, str) else list(maps)
     if not stages:
         raise ValueError("stages is empty: pass module names such as surgery.stages(model)[:-1].")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer such as 64, got {batch_size!r}.")
+    require_int("batch_size", batch_size, example=64, fix="It is how many images go through the model at once.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: nothing to extract features from.")
     batches, labels = [], []
@@ -116,8 +116,7 @@ def per_class_subset(labels: torch.Tensor | Sequence[int], per_class: int | None
     labels = torch.as_tensor(labels).long()
     if per_class is None:
         return torch.arange(len(labels))
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer (or None for all), got {per_class!r}.")
+    require_int("per_class", per_class, example=20, fix="It is how many items of each class to keep; None keeps all.")
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for label in labels.unique().tolist():

@@ -118,8 +118,11 @@ def test_time_runs_counts_warmup_apart_and_takes_the_median(monkeypatch):
     timing = deploy.time_runs(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and timing.runs == (1.0, 3.0, 2.0) and timing.median == 2.0
     assert timing.cpu == (0.5, 2.0, 0.25) and timing.median_cpu == 0.5
-    for bad in ({"repeats": 0}, {"warmup": -1}, {"repeats": True}):
-        with pytest.raises(ValueError, match="must be a"):
+    refusals = [({"repeats": 0}, "repeats must be a positive integer such as 5, got 0. It is how many timed"),
+                ({"warmup": -1}, "warmup must be a non-negative integer such as 1, got -1. It is how many untimed"),
+                ({"repeats": True}, "repeats must be a positive integer such as 5, got True.")]
+    for bad, message in refusals:
+        with pytest.raises(ValueError, match=re.escape(message)):
             deploy.time_runs(lambda: None, **bad)
 
 

@@ -269,6 +269,15 @@ def test_train_head_rejects_bad_input():
         features.train_head(xt, yt, xv[:, :4], yv, num_classes=3)
     with pytest.raises(ValueError, match=r"\(30, 8\) and \(29,\)"):
         features.train_head(xt, yt[:-1], xv, yv, num_classes=3)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer of at least 2, got True\. Pass num_class"):
+        features.train_head(xt, yt, xv, yv, num_classes=True)
+    with pytest.raises(ValueError, match=r"lr must be a positive number such as 1e-3, got 0\. lr=0 trains nothing"):
+        features.train_head(xt, yt, xv, yv, num_classes=3, lr=0)
+
+
+def test_extract_features_refuses_a_bad_batch_size(tiny_cnn):
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer such as 64, got 0\. It is how"):
+        features.extract_features(tiny_cnn, _images(), batch_size=0, progress=False)
 
 
 def test_train_head_is_the_plain_pytorch_loop_over_a_tensor_dataset():

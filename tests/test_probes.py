@@ -116,7 +116,7 @@ def test_folder_datasets_are_keyed_by_their_files_like_extract_features(tiny_cnn
 @pytest.mark.parametrize("kwargs, message", [
     ({"stages": []}, "stages is empty"),
     ({"stages": ["9"]}, "Unknown layer name"),
-    ({"stages": ["2"], "batch_size": 0}, "batch_size must be a positive integer"),
+    ({"stages": ["2"], "batch_size": 0}, r"batch_size must be a positive integer such as 64, got 0\. It is how"),
 ])
 def test_stage_features_rejects_bad_arguments(tiny_cnn, images, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -134,7 +134,7 @@ def test_per_class_subset():
     assert torch.equal(probes.per_class_subset(labels, None, seed=0), torch.arange(15))
     with pytest.raises(ValueError, match="Class 1 has only 4 items, fewer than per_class=5"):
         probes.per_class_subset(labels, 5, seed=0)
-    with pytest.raises(ValueError, match="got 0"):
+    with pytest.raises(ValueError, match=r"per_class must be a positive integer such as 20, got 0\. .*None keeps all"):
         probes.per_class_subset(labels, 0, seed=0)
 
 
