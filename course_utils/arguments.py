@@ -52,7 +52,7 @@ def number_problem(name: str, value: Any, *, above: float | None = 0, below: flo
     """What is wrong with ``value`` as a finite real number strictly between ``above`` and ``below`` (None if
     nothing).
 
-    Used in: the instructor tools (course_admin); through :func:`require_number`, helpers' argument checks
+    Used in: course_admin.assignments (nbgrader points); through :func:`require_number`, helpers' argument checks
     """
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         if (above is None or value > above) and (below is None or value < below):
@@ -73,8 +73,8 @@ def require_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int 
     Raises:
         ValueError: "{name} must be a positive integer such as {example}, got {value!r}. {fix}"
 
-    Used in: argument checks of the helpers of attribution, backbones, domains, eurosat, gradients, models,
-        scenarios, train and tuning (no notebook calls it)
+    Used in: argument checks of the helpers of attribution, backbones, deploy, domains, eurosat, features,
+        gradients, models, probes, scenarios, stats, surgery, train and tuning (no notebook calls it)
     """
     return _checked(value, int_problem(name, value, minimum=minimum, maximum=maximum, example=example, fix=fix))
 
@@ -84,6 +84,7 @@ def require_number(name: str, value: Any, *, above: float | None = 0, below: flo
     """Return ``value`` if it is a finite real number (not a bool) strictly between ``above`` and ``below``,
     else raise ``ValueError`` worded like :func:`require_int`'s.
 
-    Used in: argument checks of folders.stratified_split and tuning.lr_range_test (no notebook calls it)
+    Used in: argument checks of features.train_head, folders.stratified_split, stats (the intervals' level),
+        surgery.parameter_groups and tuning.lr_range_test (no notebook calls it)
     """
     return _checked(value, number_problem(name, value, above=above, below=below, example=example, fix=fix))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from course_utils.arguments import require_int, require_number
+
 DEFAULT_RESAMPLES = 2000  # about 10 ms for 153 images; the interval's ends move by < 0.5 points between seeds
 
 
@@ -64,11 +66,9 @@ def _per_item(values, name: str, *, low: float, high: float, fix: str) -> np.nda
 
 
 def _check_level(level: float, n_resamples: int) -> None:
-    if isinstance(level, bool) or not isinstance(level, float) or not 0 < level < 1:
-        raise ValueError(f"level must be a float between 0 and 1 such as 0.95, got {level!r}.")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ValueError(f"n_resamples must be an integer of at least 100 (e.g. {DEFAULT_RESAMPLES}), "
-                         f"got {n_resamples!r}.")
+    require_number("level", level, above=0, below=1, example=0.95, fix="It is the interval's confidence level.")
+    require_int("n_resamples", n_resamples, minimum=100, example=DEFAULT_RESAMPLES,
+                fix="Fewer bootstrap resamples give unstable interval ends.")
 
 
 def mean_interval(
@@ -192,6 +192,5 @@ def chance_level(num_classes: int) -> float:
 
     Used in: 09_when_to_transfer.ipynb
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}; use len(dataset.classes).")
+    require_int("num_classes", num_classes, minimum=2, fix="Pass num_classes=len(dataset.classes).")
     return 1 / num_classes

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from course_utils.arguments import require_int, require_number
+
 # Containers that hold a backbone's main stages one level down (torchvision ``features``, timm ``blocks``).
 _EXPANDED_CONTAINERS = ("features", "blocks", "stages", "layers")
 
@@ -161,9 +163,8 @@ def unfreeze_last(model: nn.Module, n: int) -> list[str]:
         06_fine_tuning_far_domain.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
     """
     names = stages(model)
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(names):
-        raise ValueError(f"n must be an integer from 0 to {len(names)} (the number of stages: "
-                         f"{', '.join(names)}), got {n!r}.")
+    require_int("n", n, minimum=0, maximum=len(names), example=2,
+                fix=f"It counts stages from the top; this model has {len(names)} stages: {', '.join(names)}.")
     freeze(model)
     trainable = names[len(names) - n:] if n else []
     unfreeze(model, trainable)
@@ -231,15 +232,14 @@ def parameter_groups(model: nn.Module, *, head_lr: float, backbone_lr: float) ->
         A list of ``{"name", "params", "lr"}`` dicts (head first).
 
     Raises:
-        ValueError: A learning rate is not a positive number, or nothing is trainable.
+        ValueError: A learning rate is not a finite positive number, or nothing is trainable.
 
     Used in: 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     from course_utils.models import find_heads
 
-    for label, lr in (("head_lr", head_lr), ("backbone_lr", backbone_lr)):
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"{label} must be a positive number such as 1e-3, got {lr!r}.")
+    for label, lr, example in (("head_lr", head_lr, "1e-3"), ("backbone_lr", backbone_lr, "1e-4")):
+        require_number(label, lr, example=example, fix="To leave a part untrained, freeze it instead of passing 0.")
     head_prefixes = tuple(name + "." for name, _ in find_heads(model))
     head, backbone = [], []
     for name, parameter in model.named_parameters():

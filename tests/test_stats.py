@@ -1,5 +1,6 @@
 """course_utils.stats: bootstrap intervals and the baselines every comparison prints."""
 import math
+import re
 from statistics import NormalDist, fmean, pvariance
 
 import numpy as np
@@ -120,9 +121,14 @@ def test_difference_needs_the_same_images():
         stats.difference_interval([True, False], [True])
 
 
-@pytest.mark.parametrize("kwargs", [{"level": 95}, {"level": 1.0}, {"n_resamples": 10}, {"n_resamples": True}])
-def test_bad_level_or_resamples(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"level": 95}, "level must be a number between 0 and 1 (exclusive) such as 0.95, got 95. It is the"),
+    ({"level": 1.0}, "level must be a number between 0 and 1 (exclusive) such as 0.95, got 1.0."),
+    ({"n_resamples": 10}, f"n_resamples must be an integer of at least 100 such as {stats.DEFAULT_RESAMPLES}, got 10"),
+    ({"n_resamples": True}, "n_resamples must be an integer of at least 100 such as"),
+])
+def test_bad_level_or_resamples(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         stats.accuracy_interval([True, False, True], **kwargs)
 
 
@@ -133,5 +139,5 @@ def test_majority_baseline_and_chance():
     assert stats.chance_level(5) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="empty"):
         stats.majority_baseline([])
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match=r"num_classes must be an integer of at least 2, got 1\. Pass num_classes="):
         stats.chance_level(1)

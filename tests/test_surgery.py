@@ -87,8 +87,10 @@ def test_unfreeze_last(lite0):
     assert surgery.unfreeze_last(lite0, 2) == ["bn2", "classifier"]
     assert _trainable(lite0) == {"bn2.weight", "bn2.bias", "classifier.weight", "classifier.bias"}
     assert surgery.unfreeze_last(lite0, 0) == [] and _trainable(lite0) == set()
-    with pytest.raises(ValueError, match="from 0 to 12"):
+    with pytest.raises(ValueError, match=r"n must be an integer from 0 to 12 such as 2, got 13\. .*stages: conv_stem, "):
         surgery.unfreeze_last(lite0, 13)
+    with pytest.raises(ValueError, match=r"got True\."):
+        surgery.unfreeze_last(lite0, True)
 
 
 def test_eval_frozen_batchnorm(tiny_cnn):
@@ -187,10 +189,12 @@ def test_parameter_groups(tiny_cnn):
 
 
 def test_parameter_groups_rejects_bad_input(tiny_cnn):
-    with pytest.raises(ValueError, match="head_lr.*0"):
+    with pytest.raises(ValueError, match=r"head_lr must be a positive number such as 1e-3, got 0\. .*freeze it"):
         surgery.parameter_groups(tiny_cnn, head_lr=0, backbone_lr=1e-4)
-    with pytest.raises(ValueError, match="backbone_lr.*-1"):
+    with pytest.raises(ValueError, match=r"backbone_lr must be a positive number such as 1e-4, got -1\."):
         surgery.parameter_groups(tiny_cnn, head_lr=1e-3, backbone_lr=-1)
+    with pytest.raises(ValueError, match=r"backbone_lr must be a positive number such as 1e-4, got inf\."):
+        surgery.parameter_groups(tiny_cnn, head_lr=1e-3, backbone_lr=float("inf"))
     surgery.freeze(tiny_cnn)
     with pytest.raises(ValueError, match="nothing to optimise"):
         surgery.parameter_groups(tiny_cnn, head_lr=1e-3, backbone_lr=1e-4)
