@@ -1,9 +1,10 @@
 # Two commands:
 #   make lab   - students: create .venv if missing, install course_utils with the `lab` extras (JupyterLab,
 #                no grader tools), start JupyterLab (also when run as root, e.g. in Docker)
-#   make test  - CI and contributors: install the `dev` extras (test tools, nbgrader, otter-grader), then unit
-#                tests, every notebook executed with nbmake, every notebook's student version executed to
-#                prove its checks fail without the solutions, and notebook 01 through the real graders
+#   make test  - CI and contributors: install the `dev` extras (test tools, nbgrader, otter-grader, ruff), then
+#                the linter (ruff check), unit tests, every notebook executed with nbmake, every notebook's
+#                student version executed to prove its checks fail without the solutions, and notebook 01
+#                through the real graders
 PYTHON ?= python3
 ifeq ($(OS),Windows_NT)
 $(error This Makefile needs a POSIX shell and .venv/bin; on Windows run its steps by hand, see README.md, Troubleshooting, "Windows")
@@ -34,9 +35,11 @@ lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=0
 
 unit: $(STAMP)
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest tests -m "not student_notebooks"
 
 notebooks: $(STAMP)

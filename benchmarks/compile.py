@@ -37,10 +37,11 @@ import tempfile
 import time
 
 import torch
+from readme_section import machine_line, write_section
 from torch import nn
 
-from course_utils import models, surgery
-from readme_section import machine_line, write_section
+from course_utils import models
+from course_utils.models import surgery
 
 # name: (classes, training images, batch, train px, validation images, eval batch, eval px, seeds, epochs, lrs)
 WORKLOADS = {

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from course_utils import deploy, models, weights
 from readme_section import machine_line, write_section
+
+from course_utils import deploy, models
+from course_utils.models import weights
 
 
 def _export(model: torch.nn.Module, size: int, folder: Path) -> tuple[Path, float]:
@@ -34,7 +35,8 @@ def _bf16_rows(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> li
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             outputs[bfloat16] = model(images).float()
 
-    timings = {dtype: deploy.time_runs(lambda: forward(dtype), repeats=repeats, warmup=1) for dtype in (False, True)}
+    timings = {dtype: deploy.time_runs(lambda dtype=dtype: forward(dtype), repeats=repeats, warmup=1)
+               for dtype in (False, True)}
     gap = (outputs[True] - outputs[False]).abs().max().item()
     ratio = timings[True].median / timings[False].median
     rows = [f"| {'bfloat16 autocast' if dtype else 'float32'} | {1000 * t.median:.0f} | "

@@ -85,7 +85,7 @@ def images_per_second(run, images: torch.Tensor, budget: float) -> tuple[float, 
 
 
 def measure(model, size: int, batches: list[int], budget: float) -> tuple[list[dict], list[float], float]:
-    from course_utils import engines
+    from course_utils.deploy import engines
 
     rows, peaks = [], []
     images = torch.randn(max(batches), 3, size, size)
@@ -110,7 +110,8 @@ def end_to_end(model, size: int, count: int) -> list[tuple[str, float]]:
     """extract_features on ``count`` in-memory images: first call (exports), second call (reuses the export)."""
     from torch.utils.data import TensorDataset
 
-    from course_utils import engines, features
+    from course_utils.deploy import engines
+    from course_utils.transfer import features
 
     engines._SESSIONS.clear()  # the first call pays for its export
     dataset = TensorDataset(torch.randn(count, 3, size, size), torch.zeros(count, dtype=torch.long))
@@ -166,7 +167,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from course_utils import features, models
+    from course_utils import models
+    from course_utils.transfer import features
 
     model, _ = models.load_backbone("efficientnet_lite0")
     model.eval()

@@ -32,10 +32,11 @@ import sys
 import time
 
 import torch
+from readme_section import machine_line, write_section
 from torch import nn
 
-from course_utils import models, surgery
-from readme_section import machine_line, write_section
+from course_utils import models
+from course_utils.models import surgery
 
 WORKLOADS = {  # name: (batch, pixels, trainable stages; None = everything)
     "02": (32, 96, ("blocks.5", "blocks.6", "conv_head", "bn2", "classifier")),

@@ -47,13 +47,17 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from readme_section import machine_line, write_section
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from course_utils import data, download, eurosat, features, models, stats, surgery, train, tuning, weights
-from readme_section import machine_line, write_section
+from course_utils import data, models, stats, train
+from course_utils.data import download, eurosat
+from course_utils.models import surgery, weights
+from course_utils.train import tuning
+from course_utils.transfer import features
 
 TUTORIAL_WORKERS, TUTORIAL_BATCH, TUTORIAL_CROP, TUTORIAL_RESIZE, COURSE_BATCH = 4, 4, 224, 256, 32
 

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from course_utils import data, domains, models, probes, scenarios, stats, surgery, train, verdicts, weights
 from readme_section import machine_line, write_section
+
+from course_utils import data, models, stats, train
+from course_utils.models import surgery, weights
+from course_utils.transfer import domains, probes, scenarios, verdicts
 
 BACKBONE, SIZE, EUROSAT_PER_CLASS = "efficientnet_lite0", 96, {"train": 100, "val": 50}  # as in notebook 09
 NEAR, FAR = "ants/bees (near)", "EuroSAT (far)"

@@ -146,7 +146,6 @@ def main() -> None:
     args = parser.parse_args()
     sys.path[:0] = args.extra_path
     import torch
-
     from readme_section import machine_line, write_section
 
     lines = [f"Search-library overhead, objective free, {args.trials} trials, {torch.get_num_threads()} torch threads, "

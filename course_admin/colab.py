@@ -51,7 +51,9 @@ def setup_cell_source() -> str:
     """
     return (
         "# Setup: on Google Colab, install course_utils from the course repository. Elsewhere: nothing to do.\n"
-        "import subprocess, sys\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
         f'REPOSITORY = "{repository_url()}"\n'
         'if "google.colab" in sys.modules:\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"course-utils @ git+{REPOSITORY}"],\n'

@@ -90,7 +90,7 @@ def check_lazy_dataset(cls: Any, name: str = "LazyImages") -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / f"{i}.png" for i in range(3)]
-        for i, (path, mode) in enumerate(zip(paths, ("RGB", "L", "RGB"))):
+        for path, mode in zip(paths, ("RGB", "L", "RGB")):
             Image.new(mode, (5, 4), color=(10, 20, 30) if mode == "RGB" else 90).save(path)
         samples = [(str(path), label) for path, label in zip(paths, (2, 0, 1))]
         dataset = check_implemented(cls, samples, TF.pil_to_tensor)
@@ -147,7 +147,7 @@ def check_normalizes(transform: Any, *, mean: Sequence[float], std: Sequence[flo
 @functools.lru_cache(maxsize=1)
 def _ig_probe():
     """A small ReLU network, an image, and the IG miss of each candidate number of steps (computed once)."""
-    from course_utils.attribution import IG_STEP_CANDIDATES, attribute
+    from course_utils.inside.attribution import IG_STEP_CANDIDATES, attribute
 
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
@@ -170,7 +170,7 @@ def check_ig_steps(func: Callable, name: str = "choose_ig_steps") -> None:
 
     Used in: 08_attribution_with_captum.ipynb
     """
-    from course_utils.attribution import IG_STEP_CANDIDATES
+    from course_utils.inside.attribution import IG_STEP_CANDIDATES
 
     net, image, misses = _ig_probe()
     for tolerance in (0.05, 0.3):

@@ -1,6 +1,6 @@
 """Writing the course's files safely: atomically (a crash never leaves half a file) and into folders that work.
 
-Checkpoints (:func:`course_utils.checkpoints.save`), cached features, ONNX files and the audit's copies are
+Checkpoints (:func:`course_utils.models.checkpoints.save`), cached features, ONNX files and the audit's copies are
 written through :func:`atomic_path`; :func:`check_writable` and :func:`write_error` refuse an unwritable folder
 before long work, with the fix (``COURSE_RUNS``).
 """
@@ -21,10 +21,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The writer inside the ``with`` block writes the whole file to the temporary path; the file is then
     flushed to the disk (``fsync``) and renamed onto ``path``, so a crash mid-write never leaves a
     broken file and never destroys the previous one. On an error the temporary file is removed. The file
-    gets the permissions of any new file of the user (the umask applies). Checkpoints (:func:`course_utils.checkpoints.save`), cached
-    features, ONNX files (``deploy.save_onnx``, ``predict.attach_metadata``) and the audit's copies are written
-    through it; downloads, the instructor tools (``course_admin``) and the exercise checks' scratch files are
-    written directly.
+    gets the permissions of any new file of the user (the umask applies). Checkpoints
+    (:func:`course_utils.models.checkpoints.save`), cached features, ONNX files (``deploy.save_onnx``,
+    ``predict.attach_metadata``) and the audit's copies are written through it; downloads, the instructor
+    tools (``course_admin``) and the exercise checks' scratch files are written directly.
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 10_deployment_and_scaling.ipynb (through
     checkpoints.save and deploy.save_onnx)

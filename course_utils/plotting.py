@@ -12,7 +12,7 @@ import torch
 from course_utils.data import denormalize
 
 if TYPE_CHECKING:
-    from course_utils.tuning import RangeTest
+    from course_utils.train.tuning import RangeTest
 
 
 def show_image(
@@ -168,7 +168,7 @@ def layout_square_panels(fig, *, rows: int, cell: float, title_lines: int, new: 
 
 
 def plot_lr_range(result: RangeTest, *, title: str = "Learning-rate range test", ax=None):
-    """Loss against learning rate (log x axis) from :func:`course_utils.tuning.lr_range_test`.
+    """Loss against learning rate (log x axis) from :func:`course_utils.train.tuning.lr_range_test`.
 
     The raw losses are drawn as dots, the smoothed loss as a line, and the two suggested rates
     (lowest smoothed loss / 10, steepest descent) as vertical lines with their values in the legend.

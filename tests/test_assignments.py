@@ -1,6 +1,5 @@
 """Student versions of the notebooks: the transformation, agreement with nbgrader, and checks that fail
 the right way (with CheckFailed) when the student has not answered yet."""
-import hashlib
 from pathlib import Path
 
 import nbformat

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import attribution
+from course_utils.inside import attribution
 
 matplotlib.use("Agg")
 

@@ -1,9 +1,9 @@
-"""course_utils.audit on a small synthetic folder (5 classes) with every problem the audit looks for."""
+"""course_utils.data.audit on a small synthetic folder (5 classes) with every problem the audit looks for."""
 import pytest
 import torch
 from PIL import Image
 
-from course_utils import audit
+from course_utils.data import audit
 
 CLASSES = ["a", "b", "c", "d", "e"]   # five classes on purpose
 
@@ -20,7 +20,7 @@ def messy(tmp_path):
     """train/val/test with 5 classes; a leak, a duplicate, a rotated photo, a broken file and files to skip."""
     root = tmp_path / "photos"
     for split, count in (("train", 3), ("val", 1), ("Test", 1)):
-        for label, name in enumerate(CLASSES):
+        for name in CLASSES:
             for i in range(count if name != "a" or split != "train" else count + 3):
                 write(root / split / name / f"{i}.png", seed=hash((split, name, i)) % 10_000)
     (root / "Test" / "b" / "leak.png").write_bytes((root / "train" / "c" / "0.png").read_bytes())

@@ -1,8 +1,8 @@
-"""course_utils.backbones: which torchvision weights are cached, and milliseconds per image."""
+"""course_utils.models.backbones: which torchvision weights are cached, and milliseconds per image."""
 import pytest
 import torch
 
-from course_utils import backbones
+from course_utils.models import backbones
 
 
 def test_cached_torchvision_backbones_looks_in_the_hub_cache(tmp_path, monkeypatch):

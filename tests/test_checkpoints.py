@@ -1,11 +1,12 @@
-"""course_utils.checkpoints: one self-describing file per model, saved atomically, rebuilt by one load."""
+"""course_utils.models.checkpoints: one self-describing file per model, saved atomically, rebuilt by one load."""
 import copy
 import json
 
 import pytest
 import torch
 
-from course_utils import checkpoints, models, weights
+from course_utils import models
+from course_utils.models import checkpoints, weights
 
 CLASSES = ["cats", "dogs", "owls"]
 PRE = weights.Preprocessing(resize=165, crop=144, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")

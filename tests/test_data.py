@@ -8,7 +8,8 @@ from torch.utils.data import Subset, TensorDataset
 from torchvision.transforms import v2
 
 from course_utils import data
-from course_utils.weights import Preprocessing
+from course_utils.data import decoding, folders
+from course_utils.models.weights import Preprocessing
 
 CLASSES = ["cats", "dogs", "owls"]
 PRE = Preprocessing(resize=20, crop=16, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bicubic")
@@ -32,11 +33,11 @@ def test_data_root_prefers_course_data(tmp_path, monkeypatch):
 
 def test_data_root_defaults_to_the_checkouts_data_folder(monkeypatch):
     monkeypatch.delenv("COURSE_DATA", raising=False)
-    assert data.data_root() == Path(data.__file__).resolve().parent.parent / "data"
+    assert data.data_root() == Path(__file__).resolve().parent.parent / "data"
 
 
 def test_find_splits_train_val(tiny_dataset):
-    splits = data.find_splits(tiny_dataset)
+    splits = folders.find_splits(tiny_dataset)
     assert set(splits) == {"train", "val"}
     assert (len(splits["train"]), len(splits["val"])) == (12, 6)
     assert splits["train"].classes == splits["val"].classes == CLASSES
@@ -47,16 +48,16 @@ def test_find_splits_train_val(tiny_dataset):
 def test_find_splits_other_validation_folder_names(tmp_path, val_name):
     _tree(tmp_path / "train", 2)
     _tree(tmp_path / val_name, 1, seed=1)
-    splits = data.find_splits(tmp_path)
+    splits = folders.find_splits(tmp_path)
     assert (len(splits["train"]), len(splits["val"])) == (6, 3)
     assert {Path(p).parent.parent.name for p, _ in splits["val"].samples} == {val_name}
 
 
 def test_find_splits_single_folder_is_split_by_seeded_fraction(tmp_path):
     _tree(tmp_path, 5)
-    first = data.find_splits(tmp_path, val_fraction=0.2, seed=3)
-    again = data.find_splits(tmp_path, val_fraction=0.2, seed=3)
-    other = data.find_splits(tmp_path, val_fraction=0.2, seed=4)
+    first = folders.find_splits(tmp_path, val_fraction=0.2, seed=3)
+    again = folders.find_splits(tmp_path, val_fraction=0.2, seed=3)
+    other = folders.find_splits(tmp_path, val_fraction=0.2, seed=4)
     train, val = set(first["train"].indices), set(first["val"].indices)
     assert len(val) == 3 and len(train) == 12
     assert not train & val, "train and val must be disjoint"
@@ -72,19 +73,19 @@ def test_find_splits_single_folder_is_split_by_seeded_fraction(tmp_path):
 def test_find_splits_rejects_bad_val_fraction(tmp_path, fraction):
     _tree(tmp_path, 2)
     with pytest.raises(ValueError, match=rf"between 0 and 1 \(exclusive\) such as 0\.2, got {fraction!r}\. 0\.2 hold"):
-        data.find_splits(tmp_path, val_fraction=fraction)
+        folders.find_splits(tmp_path, val_fraction=fraction)
 
 
 def test_find_splits_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        data.find_splits(tmp_path / "nowhere")
+        folders.find_splits(tmp_path / "nowhere")
 
 
 def test_non_image_files_are_skipped(tmp_path):
     _tree(tmp_path, 2)
     for name in (".DS_Store", "notes.txt", "._0.jpg", "Thumbs.db"):
         (tmp_path / "cats" / name).write_bytes(b"not an image")
-    dataset = data.image_folder(tmp_path)
+    dataset = folders.image_folder(tmp_path)
     assert len(dataset) == 6
     assert {Path(p).name for p, _ in dataset.samples} == {"0.png", "1.png"}
 
@@ -94,7 +95,7 @@ def test_hidden_folders_are_not_classes(tmp_path):
     for hidden in (".ipynb_checkpoints", "__MACOSX", ".git"):
         (tmp_path / hidden).mkdir()
     (tmp_path / "__MACOSX" / "._0.png").write_bytes(b"resource fork")
-    dataset = data.image_folder(tmp_path)
+    dataset = folders.image_folder(tmp_path)
     assert dataset.classes == sorted(CLASSES)
     assert len(dataset) == 6
 
@@ -102,7 +103,7 @@ def test_hidden_folders_are_not_classes(tmp_path):
 def test_folder_without_class_folders_says_what_to_do(tmp_path):
     (tmp_path / "0.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="one sub-folder per class"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def odd_modes(tmp_path) -> Path:
 
 
 def test_odd_image_modes_come_out_rgb(odd_modes):
-    dataset = data.image_folder(odd_modes)
+    dataset = folders.image_folder(odd_modes)
     assert len(dataset) == 4
     for image, _ in dataset:
         assert image.mode == "RGB" and image.size == (12, 9)
@@ -138,7 +139,7 @@ def corrupt_folder(tmp_path, request) -> Path:
 
 
 def test_corrupt_image_names_the_file(corrupt_folder):
-    dataset = data.image_folder(corrupt_folder)
+    dataset = folders.image_folder(corrupt_folder)
     index = next(i for i, (p, _) in enumerate(dataset.samples) if "broken" in p)
     with pytest.raises(ValueError, match="broken"):
         dataset[index]
@@ -149,7 +150,7 @@ def test_corrupt_image_names_the_file(corrupt_folder):
 def test_not_an_image_despite_its_name(tmp_path):
     _tree(tmp_path, 1)
     (tmp_path / "owls" / "fake.jpg").write_text("<html>404</html>")
-    dataset = data.image_folder(tmp_path)
+    dataset = folders.image_folder(tmp_path)
     index = next(i for i, (p, _) in enumerate(dataset.samples) if p.endswith("fake.jpg"))
     with pytest.raises(ValueError, match="fake.jpg"):
         dataset[index]
@@ -194,7 +195,7 @@ def test_denormalize_inverts_normalize(shape):
 
 
 def test_cached_images_store_the_shorter_side(tiny_dataset):
-    folder = data.image_folder(tiny_dataset / "train")
+    folder = folders.image_folder(tiny_dataset / "train")
     cached = data.CachedImages(folder, size=20)
     assert len(cached) == len(folder) == 12
     assert cached.classes == folder.classes == CLASSES
@@ -207,19 +208,19 @@ def test_cached_images_store_the_shorter_side(tiny_dataset):
 
 def test_cached_images_on_a_subset(tmp_path):
     _tree(tmp_path, 5)
-    val = data.find_splits(tmp_path, val_fraction=0.4, seed=1)["val"]
+    val = folders.find_splits(tmp_path, val_fraction=0.4, seed=1)["val"]
     cached = data.CachedImages(val, size=8, transform=v2.CenterCrop(8))
     assert len(cached) == len(val) == 6
     assert cached.classes == CLASSES
     assert cached.targets == [val[i][1] for i in range(len(val))]
     assert all(image.shape == (3, 8, 8) for image, _ in cached)
-    plain = Subset(data.image_folder(tmp_path), [0, 14])  # e.g. from random_split: no .classes of its own
+    plain = Subset(folders.image_folder(tmp_path), [0, 14])  # e.g. from random_split: no .classes of its own
     assert data.CachedImages(plain, size=8).classes == CLASSES
     assert data.CachedImages(plain, size=8).targets == [0, 2]
 
 
 def test_cached_images_match_decoding_without_the_cache(tiny_dataset):
-    val = data.image_folder(tiny_dataset / "val")
+    val = folders.image_folder(tiny_dataset / "val")
     transform = data.build_transforms(PRE)["val"]
     cached = data.CachedImages(val, size=PRE.resize, transform=transform)
     direct = data.Transformed(val, transform)
@@ -237,13 +238,13 @@ def test_cached_images_reject_other_datasets():
 
 
 def test_cached_images_refuse_a_transformed_dataset(tiny_dataset):
-    val = data.image_folder(tiny_dataset / "val")
+    val = folders.image_folder(tiny_dataset / "val")
     with pytest.raises(TypeError, match="its own transform"):
         data.CachedImages(data.Transformed(val, v2.CenterCrop(8)), size=8)
 
 
 def test_image_files_follow_subsets_and_wrappers(tiny_dataset):
-    val = data.image_folder(tiny_dataset / "val")
+    val = folders.image_folder(tiny_dataset / "val")
     wrapped = Subset(data.Transformed(val, v2.CenterCrop(8)), [3, 0])
     assert data.image_files(wrapped) == [(val.samples[3][0], val.samples[3][1]), (val.samples[0][0], 0)]
     assert data.image_files(data.CachedImages(val, size=8)) == [(p, int(c)) for p, c in val.samples]
@@ -264,12 +265,12 @@ def test_sixteen_bit_greyscale_keeps_its_brightness(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (16, 1))  # dark to bright
     Image.fromarray(ramp).save(tmp_path / "cells" / "ramp.png")
     assert Image.open(tmp_path / "cells" / "ramp.png").mode.startswith("I")  # really 16-bit on disk
-    image, _ = data.image_folder(tmp_path)[0]
+    image, _ = folders.image_folder(tmp_path)[0]
     pixels = np.asarray(image)
     expected = np.rint(ramp / 257.0)
     assert image.mode == "RGB" and np.array_equal(pixels[..., 0], expected) and np.array_equal(pixels[..., 2], expected)
     assert abs(pixels.mean() - 127.5) < 0.5  # Pillow's own convert("RGB") gives about 254
-    cached, _ = data.CachedImages(data.image_folder(tmp_path), size=16)[0]
+    cached, _ = data.CachedImages(folders.image_folder(tmp_path), size=16)[0]
     assert cached.shape == (3, 16, 64) and abs(cached.float().mean().item() - 127.5) < 1.0
 
 
@@ -278,8 +279,8 @@ def test_transparent_pixels_are_composited_on_white(tmp_path):
     rgba = Image.new("RGBA", (4, 2), color=(10, 200, 30, 0))  # invisible green
     rgba.putpixel((0, 0), (10, 200, 30, 255))  # one visible green pixel
     rgba.save(tmp_path / "logos" / "logo.png")
-    image, _ = data.image_folder(tmp_path)[0]
+    image, _ = folders.image_folder(tmp_path)[0]
     assert image.getpixel((0, 0)) == (10, 200, 30)
     assert image.getpixel((1, 0)) == (255, 255, 255)
     half = Image.new("LA", (2, 2), color=(0, 128))  # black at half opacity over white: mid grey
-    assert data.to_rgb(half).getpixel((0, 0)) in {(127, 127, 127), (128, 128, 128)}
+    assert decoding.to_rgb(half).getpixel((0, 0)) in {(127, 127, 127), (128, 128, 128)}

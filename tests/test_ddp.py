@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from course_utils import checkpoints, train
+from course_utils import train
+from course_utils.models import checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "10_deployment_and_scaling.ipynb"

@@ -1,9 +1,9 @@
-"""course_utils.domains: stacked image sets, ants/bees centre crops and EuroSAT patches at one size."""
+"""course_utils.transfer.domains: stacked image sets, ants/bees centre crops and EuroSAT patches at one size."""
 import pytest
 import torch
 
-from course_utils import data, domains
-from course_utils.weights import Preprocessing
+from course_utils.models.weights import Preprocessing
+from course_utils.transfer import domains
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.5, 0.25, 0.2)  # per-channel on purpose: a mix-up of channels would show
 PRE = Preprocessing(resize=40, crop=32, mean=MEAN, std=STD)
@@ -21,7 +21,7 @@ def test_tensor_images_and_stack_images():
 
 
 def test_hymenoptera_images_are_centre_crops_of_the_real_folder(hymenoptera_folder, monkeypatch):
-    from course_utils import download
+    from course_utils.data import download, folders
 
     monkeypatch.setattr(download, "hymenoptera", lambda: hymenoptera_folder)
     from PIL import Image
@@ -30,7 +30,7 @@ def test_hymenoptera_images_are_centre_crops_of_the_real_folder(hymenoptera_fold
     splits = domains.hymenoptera_images(size=24, preprocessing=PRE)
     assert splits["val"].images.shape == (153, 3, 24, 24) and splits["val"].classes == ["ants", "bees"]
     assert splits["val"].targets.count(1) == 83
-    path, _ = data.find_splits(hymenoptera_folder)["val"].samples[0]
+    path, _ = folders.find_splits(hymenoptera_folder)["val"].samples[0]
     pixels = splits["val"].images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
 
     def crop_error(shorter_side):  # mean pixel error against a centre crop of the photo resized to shorter_side
@@ -45,7 +45,7 @@ def test_hymenoptera_images_are_centre_crops_of_the_real_folder(hymenoptera_fold
 def test_eurosat_images_are_whole_patches_resized_and_normalised(eurosat_folder, monkeypatch):
     from PIL import Image
 
-    from course_utils import eurosat
+    from course_utils.data import eurosat
 
     monkeypatch.setattr(eurosat, "eurosat", lambda: eurosat_folder)
     parts = domains.eurosat_images(size=40, preprocessing=PRE, per_class={"train": 3, "val": 1})

@@ -1,4 +1,4 @@
-"""course_utils.download: fetch, verify and extract atomically, from file:// and a loopback HTTP server."""
+"""course_utils.data.download: fetch, verify and extract atomically, from file:// and a loopback HTTP server."""
 import functools
 import http.server
 import threading
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import download
+from course_utils.data import download
 
 FILES = {
     "train/ants/a.jpg": b"ant one",

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import eurosat
+from course_utils.data import eurosat
 
 
 def test_stored_split_is_disjoint_stratified_and_in_range():

@@ -21,8 +21,8 @@ def test_check_normalizes_passes_a_random_pipeline_that_ends_right():
 
     torch.manual_seed(0)
     for _ in range(5):  # several draws of the random transforms
-        exercise_checks.check_normalizes(_pipeline(v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, (0.2,) * 3)),
-                                mean=IMAGENET_MEAN, std=(0.2,) * 3, name="p")
+        pipeline = _pipeline(v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, (0.2,) * 3))
+        exercise_checks.check_normalizes(pipeline, mean=IMAGENET_MEAN, std=(0.2,) * 3, name="p")
 
 
 def test_check_normalizes_catches_what_a_range_check_misses():
@@ -67,10 +67,10 @@ def _index(folder, *, hidden=False, any_case=True, sort=True, only_images=True):
 
 
 def test_check_folder_index_passes_the_course_imagefolder_and_a_correct_answer():
-    from course_utils import data
+    from course_utils.data import folders
 
     exercise_checks.check_folder_index(_index)
-    exercise_checks.check_folder_index(lambda folder: (lambda d: (d.classes, d.samples))(data.image_folder(folder)))
+    exercise_checks.check_folder_index(lambda folder: (lambda d: (d.classes, d.samples))(folders.image_folder(folder)))
 
 
 @pytest.mark.parametrize("mistake, message", [
@@ -155,7 +155,7 @@ def test_check_lazy_dataset_unfinished():
 
 
 def test_check_ig_steps_passes_the_fewest_steps_within_tolerance_and_fails_shortcuts():
-    from course_utils import attribution
+    from course_utils.inside import attribution
 
     def right(model, image, target, *, tolerance):
         for n_steps in attribution.IG_STEP_CANDIDATES:

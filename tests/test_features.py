@@ -7,13 +7,15 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from course_utils import data, features
+from course_utils import data
+from course_utils.data import folders
+from course_utils.transfer import features
 
 
 @pytest.fixture(autouse=True)
 def _no_export_from_another_test(monkeypatch):
     """Every test starts without ONNX Runtime sessions memoised by an earlier one (engines.frozen_forward)."""
-    from course_utils import engines
+    from course_utils.deploy import engines
 
     monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
 
@@ -27,7 +29,7 @@ def _folder_dataset(folder):
     from torchvision.transforms import v2
 
     transform = v2.Compose([v2.Resize((24, 24)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    return data.image_folder(folder, transform=transform)
+    return folders.image_folder(folder, transform=transform)
 
 
 def _raise_on_forward(model):
@@ -82,7 +84,7 @@ def test_changed_file_list_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
     dataset = _folder_dataset(folder)
     cache = tmp_path / "cache"
     features.extract_features(tiny_cnn, dataset, cache_dir=cache, cache_key="tiny", progress=False)
-    handle = _raise_on_forward(tiny_cnn[0])
+    _raise_on_forward(tiny_cnn[0])
     with pytest.raises(RuntimeError, match="the model ran"):  # a subset is a different file list
         features.extract_features(tiny_cnn, Subset(dataset, [0, 1, 2]), cache_dir=cache, progress=False,
                                   cache_key="tiny")
@@ -129,10 +131,10 @@ def test_changed_weights_miss_the_cache_and_the_same_weights_hit_it(tiny_cnn, ti
 def test_changed_transform_misses_the_cache(tiny_cnn, tiny_dataset, tmp_path):
     from torchvision.transforms import v2
 
-    from course_utils.weights import Preprocessing
+    from course_utils.models.weights import Preprocessing
 
     pre = Preprocessing(resize=20, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3)
-    folder = data.image_folder(tiny_dataset / "val")
+    folder = folders.image_folder(tiny_dataset / "val")
     cached = data.CachedImages(folder, size=pre.resize, transform=data.build_transforms(pre)["val"])
     features.extract_features(tiny_cnn, cached, cache_dir=tmp_path, progress=False)
     assert _cached(tiny_cnn, cached, tmp_path)
@@ -175,7 +177,8 @@ def test_real_backbone_on_onnx_runtime_matches_eager():
 def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
     import importlib.util
 
-    from course_utils import deploy, engines
+    from course_utils import deploy
+    from course_utils.deploy import engines
 
     pytest.importorskip("onnxruntime")
     monkeypatch.setattr(engines, "ONNX_MIN_PIXELS", 1)

@@ -1,8 +1,10 @@
-"""course_utils.finetuned: where 06 saves its chosen model, and the load-or-train fallback."""
+"""course_utils.train.finetuned: where 06 saves its chosen model, and the load-or-train fallback."""
 import pytest
 import torch
 
-from course_utils import checkpoints, finetuned, models
+from course_utils import models
+from course_utils.models import checkpoints
+from course_utils.train import finetuned
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def test_load_or_train_falls_back_and_says_so(runs, monkeypatch):
 
 @pytest.mark.slow
 def test_fallback_attaches_the_head_it_trained(runs, hymenoptera_folder, monkeypatch):
-    from course_utils import features
+    from course_utils.transfer import features
 
     def fake_features(model, dataset, **kwargs):  # separable 1280-d features instead of a 15 s forward pass
         labels = torch.tensor(dataset.targets)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import gradients, network_plots
+from course_utils.inside import gradients, network_plots
 
 matplotlib.use("Agg")
 

@@ -14,8 +14,10 @@ from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from course_utils import checkpoints, data, download, features, train
-from course_utils.models import replace_head
+from course_utils import data, train
+from course_utils.data import decoding, download, folders
+from course_utils.models import checkpoints, replace_head
+from course_utils.transfer import features
 
 CLASSES = ("cats", "dogs", "owls")
 
@@ -104,11 +106,11 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
     Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
     with Image.open(path) as raw:
         upright = ImageOps.exif_transpose(raw).convert("RGB")
-    image = data.load_rgb(path)
+    image = decoding.load_rgb(path)
     assert image.size == upright.size == (20, 30)
     assert np.abs(np.asarray(image, dtype=int) - np.asarray(upright, dtype=int)).max() <= 2
     _png(tmp_path / "d" / "x.png")
-    cached = data.CachedImages(data.image_folder(tmp_path), size=10)
+    cached = data.CachedImages(folders.image_folder(tmp_path), size=10)
     assert tuple(cached[0][0].shape[1:]) == (15, 10)  # taller than wide: upright
 
 
@@ -119,9 +121,9 @@ def test_avif_files_are_decoded(tmp_path):
         pytest.skip("this Pillow has no AVIF codec")
     _classes(tmp_path)
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "cats" / "new.avif")
-    folder = data.image_folder(tmp_path)
+    folder = folders.image_folder(tmp_path)
     assert any(path.endswith("new.avif") for path, _ in folder.samples)
-    image = data.load_rgb(tmp_path / "cats" / "new.avif")
+    image = decoding.load_rgb(tmp_path / "cats" / "new.avif")
     assert image.mode == "RGB" and abs(np.asarray(image).mean() - 200) < 10
 
 
@@ -131,14 +133,14 @@ def test_heic_files_are_named_with_the_fix(tmp_path):
     _classes(tmp_path)
     (tmp_path / "dogs" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(32))
     with pytest.raises(ValueError, match=r"IMG_0001\.HEIC[\s\S]*pillow-heif[\s\S]*JPEG"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 @pytest.mark.parametrize("hidden", [".ipynb_checkpoints", "__MACOSX"])
 def test_copies_in_hidden_folders_inside_a_class_are_not_images(tmp_path, hidden):
     _classes(tmp_path)
     _png(tmp_path / "cats" / hidden / "0-checkpoint.png")
-    folder = data.image_folder(tmp_path)
+    folder = folders.image_folder(tmp_path)
     assert len(folder) == 6
     assert not any(hidden in path for path, _ in folder.samples)
 
@@ -147,28 +149,28 @@ def test_class_with_images_only_in_a_hidden_folder_is_empty(tmp_path):
     _classes(tmp_path, classes=("cats", "dogs"))
     _png(tmp_path / "owls" / ".ipynb_checkpoints" / "0-checkpoint.png")
     with pytest.raises(FileNotFoundError, match="owls"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 def test_broken_symlink_class_folder_is_named(tmp_path):
     _classes(tmp_path, classes=("cats", "dogs"))
     (tmp_path / "owls").symlink_to(tmp_path / "elsewhere" / "owls")
     with pytest.raises(FileNotFoundError, match=r"owls[\s\S]*elsewhere"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 def test_image_folder_on_a_folder_of_splits_says_use_find_splits(tmp_path):
     _classes(tmp_path / "train")
     _classes(tmp_path / "val")
     with pytest.raises(ValueError, match=r"train/, val/[\s\S]*find_splits"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 def test_float_tiff_in_unit_range_keeps_its_brightness(tmp_path):
     values = np.linspace(0.0, 1.0, 16 * 16, dtype=np.float32).reshape(16, 16)
     path = tmp_path / "scan.tif"
     Image.fromarray(values, mode="F").save(path)
-    image = np.asarray(data.load_rgb(path))
+    image = np.asarray(decoding.load_rgb(path))
     assert image.shape == (16, 16, 3)
     assert abs(image.mean() - 127.5) < 2 and image.max() == 255
 
@@ -177,7 +179,7 @@ def test_float_tiff_outside_any_pixel_range_is_named(tmp_path):
     path = tmp_path / "depth.tif"
     Image.fromarray(np.full((8, 8), 4000.0, dtype=np.float32), mode="F").save(path)
     with pytest.raises(ValueError, match=r"depth\.tif[\s\S]*4000"):
-        data.load_rgb(path)
+        decoding.load_rgb(path)
 
 
 @pytest.fixture
@@ -189,11 +191,11 @@ def bomb(tmp_path, monkeypatch) -> Path:
 
 def test_decompression_bomb_names_the_file(bomb):
     with pytest.raises(ValueError, match=r"0\.png[\s\S]*MAX_IMAGE_PIXELS"):
-        data.load_rgb(bomb / "cats" / "0.png")
+        decoding.load_rgb(bomb / "cats" / "0.png")
     with pytest.raises(ValueError, match=r"0\.png[\s\S]*MAX_IMAGE_PIXELS"):
-        data.image_folder(bomb)[0]
+        folders.image_folder(bomb)[0]
     with pytest.raises(ValueError, match=r"0\.png[\s\S]*MAX_IMAGE_PIXELS"):
-        data.CachedImages(data.image_folder(bomb), size=8)
+        data.CachedImages(folders.image_folder(bomb), size=8)
 
 
 def test_class_names_in_other_unicode_forms_are_the_same_class(tmp_path):
@@ -201,7 +203,7 @@ def test_class_names_in_other_unicode_forms_are_the_same_class(tmp_path):
     assert nfc != nfd
     _classes(tmp_path / "train", classes=(nfc, "hiver", "zebra"))
     _classes(tmp_path / "val", classes=(nfd, "hiver", "zebra"), per_class=1)
-    splits = data.find_splits(tmp_path)
+    splits = folders.find_splits(tmp_path)
     assert splits["train"].classes == splits["val"].classes == sorted([nfc, "hiver", "zebra"])
     label = splits["train"].class_to_idx[nfc]
     val_labels = {Path(p).parent.name: y for p, y in splits["val"].samples}
@@ -212,11 +214,11 @@ def test_two_folders_that_differ_only_in_unicode_form_are_refused(tmp_path):
     nfc, nfd = unicodedata.normalize("NFC", "été"), unicodedata.normalize("NFD", "été")
     _classes(tmp_path, classes=(nfc, nfd, "hiver"))
     with pytest.raises(ValueError, match="Unicode"):
-        data.image_folder(tmp_path)
+        folders.image_folder(tmp_path)
 
 
 def test_empty_dataset_is_refused_before_a_shuffling_loader(tmp_path):
-    folder = data.image_folder(_classes(tmp_path))
+    folder = folders.image_folder(_classes(tmp_path))
     with pytest.raises(ValueError, match=r"no images[\s\S]*find_splits"):
         data.CachedImages(Subset(folder, []), size=8)
     with pytest.raises(ValueError, match=r"no images[\s\S]*find_splits"):
@@ -291,7 +293,7 @@ def test_unwritable_runs_folder_for_a_checkpoint(tmp_path, unwritable):
 
 
 def test_unwritable_cache_dir_for_extract_features(tmp_path, unwritable, monkeypatch):
-    folder = data.image_folder(_classes(tmp_path / "images"))
+    folder = folders.image_folder(_classes(tmp_path / "images"))
     images = data.CachedImages(folder, size=8, transform=lambda x: x.float() / 255)
     cache = unwritable(tmp_path / "runs" / "features")
     ran = []
@@ -311,7 +313,7 @@ def test_unwritable_checkpoint_is_refused_before_training(tmp_path, unwritable, 
 def test_broken_symlink_through_the_feature_cache(tmp_path):
     root = _classes(tmp_path / "images")
     (root / "cats" / "link.png").symlink_to(tmp_path / "gone.png")
-    dataset = data.Transformed(data.image_folder(root), transform=lambda x: x)
+    dataset = data.Transformed(folders.image_folder(root), transform=lambda x: x)
     with pytest.raises(FileNotFoundError, match=r"link\.png[\s\S]*gone\.png"):
         features.extract_features(_cnn(), dataset, cache_dir=tmp_path / "cache", progress=False)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import models, weights
+from course_utils import models
+from course_utils.models import weights
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,8 @@ def test_imagenet_classes():
 
 @pytest.mark.slow
 def test_lite0_recognises_real_ants_and_bees(lite0, hymenoptera_folder):
-    from course_utils.data import Transformed, build_transforms, find_splits
+    from course_utils.data import Transformed, build_transforms
+    from course_utils.data.folders import find_splits
 
     model, pre = lite0
     val = find_splits(hymenoptera_folder)["val"]
@@ -242,7 +244,8 @@ def test_lite1_and_lite2_recognise_real_ants_and_bees(name, hymenoptera_folder):
     # A fixed subset keeps this cheap (Lite2 on all 153 images at 260 px costs about 14 s): the first 20
     # ants and the first 20 bees of the validation folder. Measured there: Lite1 labels 36 of the 40 exactly
     # 'ant' or 'bee' (all 36 right), Lite2 34 (all right); on all 153 images both say so for 135, all right.
-    from course_utils.data import Transformed, build_transforms, find_splits
+    from course_utils.data import Transformed, build_transforms
+    from course_utils.data.folders import find_splits
 
     model, pre = models.load_backbone(name)
     val = find_splits(hymenoptera_folder)["val"]

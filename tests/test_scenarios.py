@@ -1,11 +1,13 @@
-"""course_utils.scenarios: the top of a network on cached maps, fixed-step fine-tuning, grid cells and verdicts."""
+"""course_utils.transfer.scenarios: the top of a network on cached maps, fixed-step fine-tuning, grid cells and verdicts."""
 import copy
 
 import pytest
 import torch
 
-from course_utils import models, probes, scenarios, surgery
-from course_utils.domains import TensorImages
+from course_utils import models
+from course_utils.models import surgery
+from course_utils.transfer import probes, scenarios
+from course_utils.transfer.domains import TensorImages
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import checkpoints, state_dicts, surgery, train
+from course_utils import train
+from course_utils.models import checkpoints, state_dicts, surgery
 
 
 def _trainable(model):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_utils import checkpoints, train
+from course_utils import train
+from course_utils.models import checkpoints
 
 CPU = torch.device("cpu")
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
@@ -212,8 +213,9 @@ def test_fit_accepts_a_device_name_and_keeps_the_best_epoch_without_a_checkpoint
 
 def test_fit_refuses_a_head_that_does_not_fit_the_classes(tiny_dataset):
     from course_utils import data
+    from course_utils.data import folders
 
-    dataset = data.CachedImages(data.find_splits(tiny_dataset)["train"], size=8, transform=_as_float)
+    dataset = data.CachedImages(folders.find_splits(tiny_dataset)["train"], size=8, transform=_as_float)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
     before = model[3].weight.detach().clone()
     loader = DataLoader(dataset, batch_size=4)

@@ -1,4 +1,4 @@
-"""course_utils.tuning: the learning-rate range test, checked on a tiny model whose loss we understand."""
+"""course_utils.train.tuning: the learning-rate range test, checked on a tiny model whose loss we understand."""
 import copy
 import re
 
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_utils import plotting, tuning
+from course_utils import plotting
+from course_utils.train import tuning
 
 
 def _loader() -> DataLoader:

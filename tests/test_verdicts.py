@@ -1,4 +1,4 @@
-"""course_utils.verdicts: seed-averaged intervals, paired differences, verdicts, the table and the figures."""
+"""course_utils.transfer.verdicts: seed-averaged intervals, paired differences, verdicts, the table and the figures."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_utils import scenarios, stats, verdicts  # noqa: E402
+from course_utils import stats  # noqa: E402
+from course_utils.transfer import scenarios, verdicts  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

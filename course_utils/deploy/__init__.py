@@ -247,7 +247,7 @@ def compare_latency(
         if images.shape[0] != size:
             raise ValueError(f"batches[{size}] holds {images.shape[0]} images; key each batch by its size.")
         for name, run in engines.items():
-            timing = time_runs(lambda: run(images), repeats=repeats, warmup=warmup)
+            timing = time_runs(lambda run=run, images=images: run(images), repeats=repeats, warmup=warmup)
             rows.append({"engine": name, "batch": size, "median_ms": 1000 * timing.median,
                          "runs_ms": [round(1000 * s, 1) for s in timing.runs], "images_per_s": size / timing.median,
                          "cpu_ms": 1000 * timing.median_cpu})

@@ -17,11 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_utils import checkpoints
 from course_utils.arguments import require_int
 from course_utils.files import check_writable
-from course_utils.training_checks import (
-    check_batch, check_head_fits, check_labels, check_learning_rates, check_seen, check_skipped, first_batch_checked,
+from course_utils.models import checkpoints
+from course_utils.train.training_checks import (
+    check_batch,
+    check_head_fits,
+    check_labels,
+    check_learning_rates,
+    check_seen,
+    check_skipped,
+    first_batch_checked,
 )
 
 
@@ -142,8 +148,8 @@ def train_one_epoch(
         that trains through fit, features.train_head, tuning.lr_range_test, gradients.record_gradient_norms or
         scenarios.finetune
     """
+    from course_utils.models.surgery import eval_frozen_batchnorm
     from course_utils.progress import progress_bar
-    from course_utils.surgery import eval_frozen_batchnorm
 
     device = torch.device(device)
     model.train()

@@ -178,7 +178,7 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
     bias are frozen, so a "frozen" backbone would still drift. :func:`freeze` and :func:`unfreeze` do
     this by themselves; call it after setting ``requires_grad`` by hand (``train.train_one_epoch`` calls
     it too). A BatchNorm whose parameters train again gets its own class back and the train or eval mode
-    of ``model``. How it works: :mod:`course_utils.batchnorm`. BatchNorms without affine parameters are left
+    of ``model``. How it works: :mod:`course_utils.models.batchnorm`. BatchNorms without affine parameters are left
     alone.
 
     Returns:
@@ -186,7 +186,7 @@ def eval_frozen_batchnorm(model: nn.Module) -> int:
 
     Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb
     """
-    from course_utils import batchnorm
+    from course_utils.models import batchnorm
 
     count = 0
     for module in model.modules():

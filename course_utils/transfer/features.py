@@ -3,7 +3,7 @@
 The cache file's name is a hash of everything the features depend on: the backbone's weights, the exact
 list of image files (path, size, mtime), the dataset's transforms (their ``repr``, e.g. ``Normalize``'s
 mean and std) and the caller's optional ``cache_key``, so a changed dataset, model or preprocessing never
-gets stale features (the scheme, shared with ``probes.stage_features``, is :mod:`course_utils.feature_cache`).
+gets stale features (the scheme, shared with ``probes.stage_features``, is :mod:`course_utils.transfer.feature_cache`).
 The backbone runs on ONNX Runtime when it is installed (``engines.frozen_forward``).
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from course_utils.arguments import require_int, require_number
+from course_utils.deploy.engines import frozen_forward, weights_digest
 from course_utils.files import atomic_save, check_writable
-from course_utils.engines import frozen_forward, weights_digest
-from course_utils.feature_cache import Extracted, cache_path, load_cache
+from course_utils.transfer.feature_cache import Extracted, cache_path, load_cache
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from course_utils.arguments import require_number
-from course_utils.images import HEIF_FIX, IMAGE_EXTENSIONS, is_image_file, load_rgb, undecodable
+from course_utils.data.decoding import HEIF_FIX, IMAGE_EXTENSIONS, is_image_file, load_rgb, undecodable
 
 SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 VAL_FOLDER_NAMES = SPLIT_FOLDER_NAMES["val"]

@@ -151,7 +151,7 @@ def check_images(images: torch.Tensor, *, channels: int = 3) -> None:
     if images.dim() == 4 and images.shape[1] != channels:
         raise ValueError(f"The batch has {images.shape[1]} channel(s) per image (shape {tuple(images.shape)}), but "
                          f"the model's first convolution takes {channels} (RGB). Load images as RGB "
-                         "(data.load_rgb, or image.convert('RGB')); a greyscale tensor: x.expand(-1, 3, -1, -1).")
+                         "(data.decoding.load_rgb, or image.convert('RGB')); a greyscale tensor: x.expand(-1, 3, -1, -1).")
     high = float(images.detach().abs().amax())
     if high > 20:
         raise ValueError(f"The batch holds values up to {high:.0f}: 0-255 pixels, not normalised ones (about -2 "

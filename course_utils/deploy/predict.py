@@ -1,6 +1,6 @@
 """Classify image files with an exported model, from the command line:
 
-    python -m course_utils.predict model.onnx photo1.jpg holiday/ ...
+    python -m course_utils.deploy.predict model.onnx photo1.jpg holiday/ ...
 
 prints one line per image, ``<file>: <class> (<probability>)``. Folders are searched for image files
 (hidden folders left out). The model's description, the same ``checkpoints.Description`` a checkpoint holds
@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from course_utils.checkpoints import Description
 from course_utils.files import atomic_path
-from course_utils.weights import Preprocessing
+from course_utils.models.checkpoints import Description
+from course_utils.models.weights import Preprocessing
 
 METADATA_KEY = "course_utils.classifier"
 
@@ -66,7 +66,7 @@ def read_metadata(session, *, path: str | os.PathLike = "the model") -> Descript
     description = None if text is None else Description.from_plain(json.loads(text))
     if description is None or description.classes is None or description.preprocessing is None:
         raise ValueError(f"{path} holds no class names or preprocessing. Add them once with "
-                         "course_utils.predict.attach_metadata(path, classes=..., preprocessing=...).")
+                         "course_utils.deploy.predict.attach_metadata(path, classes=..., preprocessing=...).")
     return description
 
 
@@ -75,7 +75,7 @@ def image_paths(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
     Used in: 11_your_own_images.ipynb (through the command line)
     """
-    from course_utils.images import is_image_file
+    from course_utils.data.decoding import is_image_file
 
     files, errors = [], []
     for item in map(Path, inputs):
@@ -105,8 +105,8 @@ def classify(session, paths: list[Path], *, classes: list[str], preprocessing: P
     import torch
 
     from course_utils.data import build_transforms
+    from course_utils.data.decoding import load_rgb
     from course_utils.deploy import run_onnx
-    from course_utils.images import load_rgb
 
     transform = build_transforms(preprocessing, augment=False)["val"]
     rows, ready = [], []
@@ -127,7 +127,7 @@ def classify(session, paths: list[Path], *, classes: list[str], preprocessing: P
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: classify files and folders; exit 0 when all were classified, 1 or 2 otherwise."""
-    parser = argparse.ArgumentParser(prog="python -m course_utils.predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_utils.deploy.predict", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the .onnx file (with class names: predict.attach_metadata)")
     parser.add_argument("inputs", nargs="+", help="image files and folders of images")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ _WITH_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 def is_image_file(path: str) -> bool:
     """True for files with an image extension that are not hidden (skips ``.DS_Store``, ``._x.jpg``).
 
-    Used in: 01_data_loading.ipynb (through data.image_folder)
+    Used in: 01_data_loading.ipynb (through folders.image_folder)
     """
     name = os.path.basename(path)
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -73,7 +73,7 @@ def undecodable(paths: list[str]) -> list[str]:
 
     Only extensions of ``IMAGE_EXTENSIONS`` are judged; any other file is left to Pillow to recognise.
 
-    Used in: 01_data_loading.ipynb (through data.image_folder)
+    Used in: 01_data_loading.ipynb (through folders.image_folder)
     """
     from PIL import Image
 
@@ -93,7 +93,7 @@ def load_rgb(path: str | os.PathLike, *, draft_size: int | None = None) -> "PIL.
     Raises:
         ValueError: The file is truncated or not a readable image; the message names the file.
 
-    Used in: 02_data_augmentation.ipynb; 01_data_loading.ipynb (through image_folder)
+    Used in: 02_data_augmentation.ipynb; 01_data_loading.ipynb (through image_folder), 10_deployment_and_scaling.ipynb
     """
     from PIL import Image, ImageOps
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from course_utils import checkpoints
-from course_utils.models import DEFAULT_BACKBONE
+from course_utils.models import DEFAULT_BACKBONE, checkpoints
 
 
 def default_path() -> Path:
@@ -45,10 +44,12 @@ def load_or_train(path: str | Path | None = None, *, progress: bool = False) -> 
 
 
 def _train_head_only(*, progress: bool) -> checkpoints.Classifier:
-    from course_utils import data, download, features, models
+    from course_utils import data, models
+    from course_utils.data import download, folders
+    from course_utils.transfer import features
 
     model, pre = models.load_backbone(DEFAULT_BACKBONE)
-    splits = data.find_splits(download.hymenoptera())
+    splits = folders.find_splits(download.hymenoptera())
     transform = data.build_transforms(pre)["val"]
     cache = {"cache_dir": data.runs_root() / "features", "cache_key": f"{DEFAULT_BACKBONE} {pre} evaluation-transform"}
     extracted = {}

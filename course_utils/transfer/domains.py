@@ -83,10 +83,10 @@ def hymenoptera_images(*, size: int, preprocessing) -> dict[str, TensorImages]:
 
     Used in: 09_when_to_transfer.ipynb
     """
-    from course_utils import data, download
+    from course_utils.data import download, folders
 
     _check_size(size)
-    splits = data.find_splits(download.hymenoptera())
+    splits = folders.find_splits(download.hymenoptera())
     return _model_ready({part: splits[part] for part in ("train", "val")}, size=size,
                         stored=round(size * preprocessing.resize / preprocessing.crop),
                         preprocessing=preprocessing)
@@ -106,7 +106,7 @@ def eurosat_images(*, size: int, preprocessing, per_class: dict[str, int]) -> di
 
     Used in: 09_when_to_transfer.ipynb
     """
-    from course_utils import eurosat
+    from course_utils.data import eurosat
 
     _check_size(size)
     return _model_ready(eurosat.splits(per_class=per_class), size=size, stored=size, preprocessing=preprocessing)

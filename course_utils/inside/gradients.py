@@ -54,7 +54,7 @@ def gradient_norms(
         keys = [(n, _group_of(n, groups)) for n, _ in named]
     grad_sq: dict[str, float | None] = {}
     weight_sq: dict[str, float] = {}
-    for (name, key), (_, parameter) in zip(keys, named):
+    for (_, key), (_, parameter) in zip(keys, named):
         if key is None:
             continue
         weight_sq[key] = weight_sq.get(key, 0.0) + parameter.detach().double().pow(2).sum().item()
@@ -78,7 +78,7 @@ def _check_groups(model: nn.Module, groups: Sequence[str], parameter_names: Sequ
             valid = [n for n, m in model.named_modules() if n and next(m.parameters(), None) is not None]
             raise ValueError(
                 f"{group!r} owns no parameter of {type(model).__name__}. Valid names: "
-                f"{_short_list(valid)}. Pass names such as course_utils.surgery.stages(model)."
+                f"{_short_list(valid)}. Pass names such as course_utils.models.surgery.stages(model)."
             )
 
 

@@ -223,7 +223,8 @@ def _train_and_predict(
     budget: Budget, device: torch.device | str | None,
 ) -> torch.Tensor:
     """Build the network of a trained strategy, fine-tune it on ``index`` and predict the validation set."""
-    from course_utils import models, surgery
+    from course_utils import models
+    from course_utils.models import surgery
 
     with _seeded(seed):  # timm draws random weights (scratch's, and a new head's before its seed) globally
         if strategy == "scratch":
@@ -263,7 +264,7 @@ def run_cell(
 
     Used in: 09_when_to_transfer.ipynb
     """
-    from course_utils import probes
+    from course_utils.transfer import probes
 
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}.")

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from course_utils.data import image_files
-from course_utils.engines import digest
-
+from course_utils.deploy.engines import digest
 
 CACHE_FORMAT = 3  # bump when what extract_features or probes.stage_features computes changes
 

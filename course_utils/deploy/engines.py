@@ -70,7 +70,7 @@ class Outputs(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, pooled: Sequence[str] = (), maps: Sequence[str] = ()) -> None:
-        from course_utils.gradients import capture_activations
+        from course_utils.inside.gradients import capture_activations
 
         super().__init__()
         self.model, self.pooled, self.maps = model, list(pooled), list(maps)
@@ -78,7 +78,7 @@ class Outputs(nn.Module):
             pass  # a name that is not a submodule fails here, with the list of valid names
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from course_utils.gradients import capture_activations
+        from course_utils.inside.gradients import capture_activations
 
         if not self.pooled and not self.maps:
             return (self.model(images).flatten(1).float(),)

@@ -1,9 +1,10 @@
 """Where data lives, transforms that match a backbone, and an in-memory image cache.
 
 Unreadable images raise an error that names the file (they are never skipped silently), and files
-that are not images (``.DS_Store``, ``notes.txt``) are ignored. Reading folders and their splits lives in
-:mod:`course_utils.folders`, decoding images in :mod:`course_utils.images`; both are importable from here
-too (``data.find_splits``, ``data.image_folder``, ``data.load_rgb``).
+that are not images (``.DS_Store``, ``notes.txt``) are ignored. The package's modules: reading folders and
+their splits (:mod:`~course_utils.data.folders`), decoding images (:mod:`~course_utils.data.decoding`), the
+datasets (:mod:`~course_utils.data.download`, :mod:`~course_utils.data.eurosat`) and checking your own folder
+(:mod:`~course_utils.data.audit`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from course_utils.folders import (  # noqa: F401 - the notebooks' import path
-    SPLIT_FOLDER_NAMES, VAL_FOLDER_NAMES, VisibleImageFolder, find_splits, image_folder, stratified_split,
-)
-from course_utils.images import IMAGE_EXTENSIONS, is_image_file, load_rgb, to_rgb  # noqa: F401
-from course_utils.weights import Preprocessing
+from course_utils.data.decoding import load_rgb
+from course_utils.models.weights import Preprocessing
 
 
 def data_root() -> Path:
@@ -31,7 +29,7 @@ def data_root() -> Path:
     """
     if os.environ.get("COURSE_DATA"):
         return Path(os.environ["COURSE_DATA"]).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
         return checkout / "data"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -56,7 +54,7 @@ def runs_root() -> Path:
         return Path.cwd().resolve() / "runs"
     if os.environ.get("COURSE_RUNS"):
         return Path(os.environ["COURSE_RUNS"]).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file():
         return checkout / "runs"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -144,7 +142,7 @@ class CachedImages(Dataset):
     is ``size`` (about 0.2 MB each at 256 px). JPEGs are decoded directly at reduced scale.
 
     Args:
-        dataset: A dataset from :func:`find_splits` (``ImageFolder`` or ``Subset`` of one).
+        dataset: A dataset from :func:`~course_utils.data.folders.find_splits` (``ImageFolder`` or ``Subset`` of one).
         size: Shorter side kept in memory; use ``preprocessing.resize``.
         transform: Applied to the cached uint8 tensor on every access.
 

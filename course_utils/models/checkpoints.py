@@ -4,7 +4,7 @@ A checkpoint is a dict of plain values that ``torch.load(path, weights_only=True
 code: ``"format"``, the model's :class:`Description` (``"backbone"``, ``"classes"``, ``"preprocessing"``,
 ``"info"``) and its weights (``"state_dict"``). :func:`save` writes one; :func:`load` rebuilds the model from
 it alone, or loads its weights into a model you built. An exported ONNX file carries the same description in
-its metadata (:mod:`course_utils.predict`).
+its metadata (:mod:`course_utils.deploy.predict`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from course_utils.files import atomic_save
-from course_utils.weights import Preprocessing
+from course_utils.models.weights import Preprocessing
 
 FORMAT = 1  # the version of the file layout; files of 06 saved before descriptions were optional are format 1 too
 
