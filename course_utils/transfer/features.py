@@ -63,7 +63,7 @@ def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool, en
 
 
 def extract_features(
-    model: nn.Module, dataset, *, batch_size: int = 64, cache_dir: str | Path | None = None,
+    model: nn.Module, dataset, *, batch_size: int = 32, cache_dir: str | Path | None = None,
     cache_key: str = "", progress: bool = True, engine: str = "auto",
 ) -> Extracted:
     """Pooled penultimate features of every image, computed once and optionally cached on disk.
@@ -77,7 +77,8 @@ def extract_features(
     Args:
         model: A classifier whose head :func:`models.get_head` finds.
         dataset: Yields ``(image_tensor, label)``, already transformed.
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass. 32 was the fastest for ONNX Runtime at 224 px on 2 cores
+            (``benchmarks/feature_extraction.py``: faster than 16 and than 64, whose activations outgrow the cache).
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "features"`` (never the dataset folder).
             The file name hashes the backbone weights, the dataset's exact file list (paths, sizes,
             mtimes), its transforms (``feature_cache.pipeline_description``) and ``cache_key``. ``None``: no cache.

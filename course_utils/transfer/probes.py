@@ -37,7 +37,7 @@ def _forward_all(
 
 
 def stage_features(
-    model: nn.Module, dataset, *, stages: Sequence[str], maps: Sequence[str] = (), batch_size: int = 64,
+    model: nn.Module, dataset, *, stages: Sequence[str], maps: Sequence[str] = (), batch_size: int = 32,
     cache_dir=None, device: torch.device | str | None = None, engine: str = "auto",
 ) -> Extracted:
     """Globally average-pooled outputs of several stages, from one forward pass per image, optionally cached.
@@ -53,7 +53,7 @@ def stage_features(
         stages: Dotted module names, e.g. from ``surgery.stages(model)`` (leave out the head).
         maps: Stages whose whole ``(N, C, H, W)`` output is kept as well (what the layers after them
             need: see :func:`scenarios.top_of`). Keep them few: they are larger than pooled features.
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass (32: see ``features.extract_features``).
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "stage_features"``, or ``None``. The file
             name (``feature_cache.cache_path``) hashes the stage names, the model's weights, and the dataset's
             files and transforms, or, for images held in memory, the exact input tensors and labels: any
