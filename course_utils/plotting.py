@@ -111,7 +111,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     Returns:
         The figure.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb
+    Used in: 05_feature_extraction.ipynb
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

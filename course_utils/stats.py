@@ -89,7 +89,7 @@ def mean_interval(
     Raises:
         ValueError: ``values`` is empty, not 1-D, or outside [-1, 1]; bad ``level`` or ``n_resamples``.
 
-    Used in: accuracy_interval, difference_interval and verdicts (09_when_to_transfer.ipynb)
+    Used in: every notebook that prints an accuracy interval (through accuracy_interval and difference_interval)
     """
     from scipy.stats import bootstrap
 
@@ -124,9 +124,8 @@ def accuracy_interval(
     Raises:
         ValueError: ``correct`` is empty, not 1-D, or outside [0, 1]; bad ``level`` or ``n_resamples``.
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
-        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb, 09_when_to_transfer.ipynb,
+        11_your_own_images.ipynb
     """
     flags = _per_item(correct, "correct", low=0.0, high=1.0, fix=_CORRECT_FIX)
     return mean_interval(flags, level=level, n_resamples=n_resamples, seed=seed)
@@ -152,9 +151,8 @@ def difference_interval(
     Raises:
         ValueError: The two do not have one entry per image each, in equal numbers, or lie outside [0, 1].
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
-        05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
-        06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb,
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb,
         10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
     """
     a = _per_item(correct_a, "correct_a", low=0.0, high=1.0, fix=_CORRECT_FIX)
@@ -174,9 +172,9 @@ def majority_baseline(labels: Sequence[int] | torch.Tensor) -> float:
     Raises:
         ValueError: ``labels`` is empty.
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
-        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 06_fine_tuning_far_domain.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb,
+        10_deployment_and_scaling.ipynb, 06_fine_tuning_far_domain.ipynb
     """
     values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
     if not values:

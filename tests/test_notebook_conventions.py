@@ -1,5 +1,6 @@
 """Every notebook follows the course conventions: title, objectives and Colab badge first, then the
 setup cell, no committed outputs, and graded exercises in nbgrader's format."""
+import functools
 import re
 from pathlib import Path
 
@@ -54,17 +55,64 @@ def _public_definitions():
                 yield module, node.name, ast.get_docstring(node) or ""
 
 
-def test_used_in_lists_every_notebook_that_calls_the_helper():
-    code = {path.name: "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+def _direct_callers(module: str, name: str) -> set[str]:
+    """Notebooks whose code cells name ``module.name`` or import ``name`` from ``module``."""
+    call = re.compile(rf"\b{module}\.{name}\b|from course_utils\.(\w+\.)?{module} import[^\n]*\b{name}\b")
+    return {notebook for notebook, source in _notebook_code().items() if call.search(source)}
+
+
+@functools.cache
+def _notebook_code() -> dict[str, str]:
+    return {path.name: "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
             for path in NOTEBOOKS}
+
+
+def test_used_in_lists_every_notebook_that_calls_the_helper():
     wrong = []
     for module, name, doc in _public_definitions():
         claimed = doc.partition("Used in:")[2]
-        call = re.compile(rf"\b{module}\.{name}\b|from course_utils\.(\w+\.)?{module} import[^\n]*\b{name}\b")
-        callers = sorted(notebook for notebook, source in code.items() if call.search(source))
-        missing = [n for n in callers if n not in claimed and "every notebook" not in claimed]
+        missing = [n for n in sorted(_direct_callers(module, name)) if n not in claimed and "every notebook" not in claimed]
         if missing:
             wrong.append(f"{module}.{name}: add {', '.join(missing)} to its 'Used in:' line")
+    assert not wrong, "\n".join(wrong)
+
+
+def _claims(used_in: str) -> tuple[set[str], set[str]]:
+    """The notebooks a 'Used in:' text names, and those of them it says use the helper indirectly.
+
+    An indirect use is written as a parenthesis starting "(through ..." or "(returned by ..." right after the
+    notebook(s) it qualifies: it covers every notebook named since the previous parenthesis or semicolon,
+    so "04_a.ipynb; 06_b.ipynb, 08_c.ipynb (through train.fit)" says 06 and 08 reach it through train.fit
+    and 04 calls it itself. Any other parenthesis, such as "(its DDP script)", qualifies nothing.
+    """
+    named, indirect, pending = set(), set(), []
+    for token in re.findall(r"\d\d_\w+\.ipynb|\([^()]*\)|;", " ".join(used_in.split())):
+        if token.endswith(".ipynb"):
+            named.add(token)
+            pending.append(token)
+            continue
+        if re.match(r"\((through|returned by)\b", token):
+            indirect.update(pending)
+        pending = []
+    return named, indirect
+
+
+def test_claims_parse_the_indirect_use_convention():
+    named, indirect = _claims("01_a.ipynb, 02_b.ipynb (its script); 03_c.ipynb,\n 04_d.ipynb (through x.y), 05_e.ipynb"
+                              " (returned by z), 06_f.ipynb")
+    assert named == {"01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "04_d.ipynb", "05_e.ipynb", "06_f.ipynb"}
+    assert indirect == {"03_c.ipynb", "04_d.ipynb", "05_e.ipynb"}
+
+
+def test_every_notebook_in_used_in_calls_the_helper_or_says_how_it_is_reached():
+    wrong = []
+    for module, name, doc in _public_definitions():
+        named, indirect = _claims(doc.partition("Used in:")[2])
+        stale = sorted(named - indirect - _direct_callers(module, name))
+        if stale:
+            wrong.append(f"{module}.{name}: {', '.join(stale)} never names it in a code cell; remove the notebook from "
+                         "its 'Used in:' line, or say how it gets there, e.g. '(through train.fit)' or "
+                         "'(returned by checkpoints.load)' right after the notebook")
     assert not wrong, "\n".join(wrong)
 
 

@@ -47,8 +47,9 @@ def runs_root() -> Path:
     submission's own working folder, whatever ``$COURSE_RUNS`` says: one student's saved model must never be
     graded in another student's notebook, so each graded run sees only the files it wrote itself.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        09_when_to_transfer.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 09_when_to_transfer.ipynb,
+        10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb; 08_attribution_with_captum.ipynb (through
+        finetuned.load_or_train)
     """
     if _graded_submission():  # the grader runs each submission in its own folder
         return Path.cwd().resolve() / "runs"
@@ -152,10 +153,9 @@ class CachedImages(Dataset):
             :class:`Transformed` (whose transform would be ignored).
         ValueError: An image cannot be read; the message names the file.
 
-    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
-        05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb,
-        06_fine_tuning_far_domain.ipynb
+    Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 05_feature_extraction.ipynb,
+        06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb, 11_your_own_images.ipynb, 06_fine_tuning_far_domain.ipynb
     """
 
     def __init__(self, dataset: Dataset, size: int, transform=None) -> None:

@@ -217,7 +217,7 @@ def copy_split_folder(parts: dict, folder: str | os.PathLike) -> Path:
     Returns:
         ``folder``.
 
-    Used in: 11_your_own_images.ipynb
+    Used in: 11_your_own_images.ipynb (through eurosat_capstone_folder)
     """
     from course_utils.files import atomic_path
     from course_utils.data import image_files

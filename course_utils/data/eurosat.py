@@ -133,8 +133,8 @@ def splits(folder: str | Path | None = None, *, per_class: dict[str, int] | None
     Raises:
         ValueError: An unknown part, or a count that is not an integer between 1 and the part's size.
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb, 09_when_to_transfer.ipynb;
-        11_your_own_images.ipynb (through audit.eurosat_capstone_folder)
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning_far_domain.ipynb; 09_when_to_transfer.ipynb (through
+        domains.eurosat_images), 11_your_own_images.ipynb (through audit.eurosat_capstone_folder)
     """
     sizes = split_lists()["sizes"]
     per_class = dict(sizes) if per_class is None else dict(per_class)

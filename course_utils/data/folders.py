@@ -242,8 +242,10 @@ def find_splits(
             no ``train/`` beside other split folders, ``train/`` without a validation split, two folders
             for one split, class folders that differ between splits, a single class, or a bad ``val_fraction``.
 
-    Used in: every notebook but 06_fine_tuning_far_domain.ipynb (EuroSAT's split is fixed); 09 and 11 through
-        domains and audit.holdout_splits
+    Used in: 01_data_loading.ipynb, 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb,
+        04_model_surgery.ipynb, 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
+        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb; 09_when_to_transfer.ipynb (through
+        domains.hymenoptera_images), 11_your_own_images.ipynb (through audit.holdout_splits)
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -91,7 +91,7 @@ def _short_list(names: Sequence[str], limit: int = 25) -> str:
 class GradientStep:
     """One step of :func:`record_gradient_norms`: its number, loss, and gradient norm per name or group.
 
-    Used in: 07_gradient_flow.ipynb (what record_gradient_norms returns)
+    Used in: 07_gradient_flow.ipynb (returned by record_gradient_norms)
     """
 
     step: int

@@ -62,8 +62,7 @@ def imagenet_classes() -> list[str]:
 
     Offline: the list ships with torchvision's weight metadata, no download needed.
 
-    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 05_feature_extraction.ipynb,
-        06_fine_tuning.ipynb
+    Used in: 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb
     """
     from torchvision.models import ResNet18_Weights
 
@@ -247,8 +246,9 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int | None = None)
 
     Used in: 02_data_augmentation.ipynb, 03_out_of_the_box_inference.ipynb, 04_model_surgery.ipynb,
         05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb, 11_your_own_images.ipynb,
-        06_fine_tuning_far_domain.ipynb, 10_deployment_and_scaling.ipynb (its DDP script)
+        09_when_to_transfer.ipynb, 11_your_own_images.ipynb, 06_fine_tuning_far_domain.ipynb,
+        10_deployment_and_scaling.ipynb (its DDP script); 08_attribution_with_captum.ipynb (through
+        finetuned.load_or_train)
     """
     require_int("num_classes", num_classes, minimum=2, example=5, fix="Use len(dataset.classes) of your training set.")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

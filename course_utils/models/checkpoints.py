@@ -68,8 +68,8 @@ class Classifier(Description):
         model: The network (from :func:`load` without ``into``: in eval mode on the CPU).
         source: One sentence saying where the model came from (a file, or trained just now).
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb,
-        08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (from checkpoints.load and
+    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb (returned by
+        checkpoints.load); 08_attribution_with_captum.ipynb, 10_deployment_and_scaling.ipynb (returned by
         finetuned.load_or_train)
     """
 

@@ -36,8 +36,8 @@ def stages(model: nn.Module) -> list[str]:
     Returns:
         Dotted names; the last one holds the head.
 
-    Used in: 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb,
-        11_your_own_images.ipynb, 06_fine_tuning_far_domain.ipynb
+    Used in: 04_model_surgery.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb, 11_your_own_images.ipynb,
+        06_fine_tuning_far_domain.ipynb; 06_fine_tuning.ipynb (through unfreeze_last)
     """
     names = [name for name, _ in model.named_parameters(recurse=False)]  # ViT's cls_token, pos_embed
     for name, child in model.named_children():
@@ -107,8 +107,8 @@ def unfreeze(model: nn.Module, modules: Sequence[str] | None = None) -> None:
     Raises:
         ValueError: A name matches no parameter; the message lists valid names.
 
-    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 06_fine_tuning.ipynb, 07_gradient_flow.ipynb,
-        09_when_to_transfer.ipynb
+    Used in: 02_data_augmentation.ipynb, 04_model_surgery.ipynb, 07_gradient_flow.ipynb, 09_when_to_transfer.ipynb;
+        06_fine_tuning.ipynb (through unfreeze_last)
     """
     _set_requires_grad(model, modules, True)
 

@@ -15,8 +15,8 @@ from course_utils.models import DEFAULT_BACKBONE, checkpoints
 def default_path() -> Path:
     """Where 06 saves its chosen model: ``runs_root()/finetuned/hymenoptera_model.pt``.
 
-    Used in: 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb, 08_attribution_with_captum.ipynb,
-        10_deployment_and_scaling.ipynb
+    Used in: 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb; 08_attribution_with_captum.ipynb,
+        10_deployment_and_scaling.ipynb (through load_or_train)
     """
     from course_utils.data import runs_root
 

@@ -35,7 +35,7 @@ class RangeTest:
         loss: The mini-batch loss of each step.
         smoothed: Its exponential moving average.
 
-    Used in: 09_when_to_transfer.ipynb (what lr_range_test returns)
+    Used in: 09_when_to_transfer.ipynb (returned by lr_range_test)
     """
 
     lr: list[float] = field(default_factory=list)

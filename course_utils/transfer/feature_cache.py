@@ -31,7 +31,8 @@ class Extracted(tuple):
     ``engine`` is ``"onnxruntime"`` or ``"torch"``, or ``"cache (computed by onnxruntime)"`` and the like when
     the result was read from the cache.
 
-    Used in: 05_feature_extraction.ipynb
+    Used in: 05_feature_extraction.ipynb (returned by features.extract_features), 09_when_to_transfer.ipynb
+        (returned by probes.stage_features)
     """
 
     def __new__(cls, items, *, engine: str) -> Extracted:

@@ -96,8 +96,8 @@ def extract_features(
         FileNotFoundError: An image file is gone (a broken link); the message names it.
         PermissionError: ``cache_dir`` cannot be written (checked before the backbone runs).
 
-    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 08_attribution_with_captum.ipynb,
-        06_fine_tuning_far_domain.ipynb
+    Used in: 05_feature_extraction.ipynb, 06_fine_tuning.ipynb, 06_fine_tuning_far_domain.ipynb;
+        08_attribution_with_captum.ipynb (through finetuned.load_or_train)
     """
     require_int("batch_size", batch_size, example=64, fix="It is how many images go through the backbone at once.")
     if len(dataset) == 0:

@@ -29,7 +29,7 @@ class CellSummary:
         seed_accuracies: Each seed's own accuracy.
         seconds: All seeds together.
 
-    Used in: 09_when_to_transfer.ipynb, benchmarks/transfer_scenarios.py
+    Used in: 09_when_to_transfer.ipynb (returned by summarise), benchmarks/transfer_scenarios.py
     """
 
     domain: str
