@@ -1,5 +1,9 @@
-"""Plots for images, training curves and learning-rate tests. Every function takes ``ax``/``axes`` and never calls
-``plt.show()``; plots of the network's insides (gradients, feature maps, filters) are in :mod:`network_plots`.
+"""Plots for images, training curves and learning-rate tests; plots of the network's insides (gradients, feature
+maps, filters) are in :mod:`network_plots`.
+
+Every plot function of the package takes ``ax`` (or ``axes`` for several panels): it draws there, or on a new
+figure when it is None (:func:`new_axes`), returns the axes (one panel) or the figure (several panels), and
+never calls ``plt.show()``.
 """
 from __future__ import annotations
 
@@ -25,10 +29,9 @@ def show_image(
         mean: Normalisation mean of the backbone (``preprocessing.mean``).
         std: Normalisation std of the backbone (``preprocessing.std``).
         title: Text above the image.
-        ax: Matplotlib axes to draw into (a new figure if None).
 
     Returns:
-        The axes.
+        The axes, with the image and no ticks (an overlay can be drawn on top).
 
     Raises:
         ValueError: ``image`` is not a 3-channel CHW tensor.
@@ -36,15 +39,12 @@ def show_image(
     Used in: 08_attribution_with_captum.ipynb, 09_when_to_transfer.ipynb,
         10_deployment_and_scaling.ipynb; every image grid (through plot_image_grid); 11_your_own_images.ipynb
     """
-    import matplotlib.pyplot as plt
-
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(
             f"show_image expects one (3, H, W) tensor, got shape {tuple(image.shape)}. "
             "For a batch, use plot_image_grid or pass images[0]."
         )
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
+    ax = new_axes(ax, figsize=(3, 3))
     pixels = denormalize(image.detach().float().cpu(), mean, std).permute(1, 2, 0).numpy()
     ax.imshow(pixels)
     ax.set_xticks([])
@@ -65,7 +65,7 @@ def plot_image_grid(
         titles: One string per image.
         ncols: Images per row.
         suptitle: Title of the whole figure.
-        axes: Existing array of at least N axes (a new figure if None).
+        axes: At least N axes, in an array of any shape.
 
     Returns:
         The figure.
@@ -106,20 +106,18 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     Args:
         history: One dict per epoch with ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``.
         title: Title of the figure.
-        axes: Two axes (loss, accuracy); a new figure if None.
+        axes: Two axes: loss, then accuracy.
 
     Returns:
         The figure.
 
     Used in: 05_feature_extraction.ipynb
     """
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     if not history:
         raise ValueError("history is empty: run fit(...) for at least one epoch first.")
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes = new_axes(axes, ncols=2, figsize=(10, 3.5))
     epochs = [row["epoch"] for row in history]
     for ax, metric, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "acc", "accuracy")):
         for split in ("train", "val"):
@@ -135,17 +133,30 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     return fig
 
 
+def new_axes(ax=None, *, figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots):
+    """``ax`` itself when given, else the axes of a new figure ``figsize`` inches wide and high.
+
+    ``nrows``, ``ncols`` and the other keywords (``squeeze``, ``sharey``, ``gridspec_kw``) go to
+    ``plt.subplots``, so a new grid comes back in the shape ``plt.subplots`` gives it.
+
+    Used in: every plot function of plotting, network_plots, attribution, verdicts and audit (no notebook calls it)
+    """
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=figsize, **subplots)[1]
+
+
 def panel_axes(count: int, ncols: int, axes, cell: float = 1.4) -> list:
     """At least ``count`` axes, flattened: the given ``axes``, or a new figure of ``ncols`` columns.
 
     Used in: every image grid of plotting and network_plots (no notebook calls it)
     """
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    if axes is None:
-        nrows = math.ceil(count / ncols)
-        _, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + 0.6), squeeze=False)
+    nrows = math.ceil(count / ncols)
+    axes = new_axes(axes, nrows=nrows, ncols=ncols, figsize=(cell * ncols, cell * nrows + 0.6), squeeze=False)
     flat = list(np.asarray(axes).ravel())
     if len(flat) < count:
         raise ValueError(f"Got {len(flat)} axes for {count} panels; pass at least {count} axes or axes=None.")
@@ -181,12 +192,9 @@ def plot_lr_range(result: RangeTest, *, title: str = "Learning-rate range test",
 
     Used in: 09_when_to_transfer.ipynb
     """
-    import matplotlib.pyplot as plt
-
     if not result.lr:
         raise ValueError("result has no steps: pass what tuning.lr_range_test(...) returned.")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+    ax = new_axes(ax, figsize=(6, 3.5))
     ax.plot(result.lr, result.loss, ".", color="lightgrey", label="loss per batch")
     ax.plot(result.lr, result.smoothed, color="C0", label="smoothed loss")
     ax.axvline(result.min_loss_lr / 10, color="C1", linestyle="--",

@@ -33,6 +33,16 @@ def _images(n: int) -> torch.Tensor:
     return torch.randn(n, 3, 6, 5, generator=torch.Generator().manual_seed(0))
 
 
+def test_new_axes_returns_given_axes_untouched_or_a_new_figure_of_that_size():
+    fig, given = plt.subplots()
+    assert plotting.new_axes(given, figsize=(9, 9)) is given
+    assert tuple(fig.get_size_inches()) != (9, 9)
+    ax = plotting.new_axes(None, figsize=(4, 2.5))
+    assert ax.figure is not fig and tuple(ax.figure.get_size_inches()) == (4, 2.5)
+    grid = plotting.new_axes(None, figsize=(6, 3), nrows=2, ncols=3, squeeze=False)
+    assert grid.shape == (2, 3) and len(grid[0, 0].figure.axes) == 6
+
+
 def test_show_image_draws_the_denormalised_pixels():
     image = _images(1)[0]
     ax = plotting.show_image(image, mean=MEAN, std=STD, title="a bee")

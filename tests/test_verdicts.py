@@ -61,6 +61,17 @@ def test_plot_scenarios_draws_one_panel_per_domain_with_baselines():
     assert fig._suptitle.get_text().startswith("Measured transfer scenarios")
 
 
+def test_plot_scenarios_draws_into_given_axes_and_one_domain_alone():
+    import matplotlib.pyplot as plt
+
+    summary = verdicts.summarise(fake_rows([[True] * 30 + [False] * 10]))
+    assert [ax.get_title() for ax in verdicts.plot_scenarios(summary).axes] == ["d"]
+    fig, given = plt.subplots(1, 2)
+    assert verdicts.plot_scenarios(summary, axes=given) is fig
+    assert given[0].get_title() == "d" and not given[1].lines
+    plt.close("all")
+
+
 def test_plot_depth_probe_and_accuracy_vs_speed():
     interval = stats.Interval(0.8, 0.7, 0.9, 0.95, 40)
     ax = verdicts.plot_depth_probe({"near": {"s1": interval, "s2": interval}, "far": {"s1": interval, "s2": interval}})

@@ -186,11 +186,12 @@ def plot_audit(summary: dict, *, axes=None):
 
     Used in: 11_your_own_images.ipynb
     """
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = (plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]}) if axes is None
-                 else (axes[0].figure, axes))
+    from course_utils.plotting import new_axes
+
+    axes = new_axes(axes, ncols=2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    fig = axes[0].figure
     splits = [s for s in ("train", "val", "test", "all") if s in summary["counts"]]
     x, bar = np.arange(len(summary["classes"])), 0.8 / max(1, len(splits))
     for i, split in enumerate(splits):

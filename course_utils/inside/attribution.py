@@ -179,13 +179,12 @@ def overlay_attribution(
         title: Text above the panel.
         alpha: Opacity of the heat map.
         cmap: Matplotlib colour map of the heat map.
-        ax: Matplotlib axes (a new figure if None).
 
     Returns:
-        The axes.
+        The axes (from :func:`plotting.show_image`) with the heat map on top.
 
     Raises:
-        ValueError: The shapes do not fit.
+        ValueError: ``image`` is not ``(3, H, W)``, or the map's H and W differ from the image's.
 
     Used in: 08_attribution_with_captum.ipynb
     """
@@ -222,20 +221,17 @@ def overlay_signed_attribution(
     the absolute value, so where there is no evidence either way the image shows through.
 
     Args:
-        image: The normalised ``(3, H, W)`` image the model saw.
         attribution: ``(C, H, W)`` or ``(H, W)`` signed map (Integrated Gradients, Occlusion, GradientShap,
             Grad-CAM with ``relu_attributions=False``), same H and W as the image.
-        mean, std: The backbone's normalisation (``preprocessing.mean`` / ``.std``).
-        title: Text above the panel.
+        image, mean, std, title: As in :func:`overlay_attribution`.
         cmap: A diverging Matplotlib colour map (its middle colour stands for 0).
         colorbar: Add a colour bar from "against" (-1) through 0 to "for" (+1).
-        ax: Matplotlib axes (a new figure if None).
 
     Returns:
-        The axes.
+        The axes; the colour bar, if any, is a second axes of the same figure.
 
     Raises:
-        ValueError: The shapes do not fit.
+        ValueError: As :func:`overlay_attribution`.
 
     Used in: 08_attribution_with_captum.ipynb
     """
@@ -244,11 +240,11 @@ def overlay_signed_attribution(
     from matplotlib.colors import Normalize
 
     from course_utils.data import denormalize
+    from course_utils.plotting import new_axes
 
     heat = _channel_sum(image, attribution, signed=True)
     heat = (heat / torch.quantile(heat.abs().flatten(), 0.99).clamp_min(1e-12)).clamp(-1, 1)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3.4, 3))
+    ax = new_axes(ax, figsize=(3.4, 3))
     grey = denormalize(image.detach().float().cpu(), mean, std).clamp(0, 1).mean(0)
     ax.imshow(grey.numpy(), cmap="gray", vmin=0, vmax=1)
     norm, colours = Normalize(vmin=-1, vmax=1), plt.get_cmap(cmap)

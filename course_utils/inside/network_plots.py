@@ -1,6 +1,6 @@
 """Plots of what happens inside a network: gradient norms, feature maps, filters, trainable parameters.
 
-Every function takes ``ax``/``axes`` and never calls ``plt.show()``; images and curves are in :mod:`plotting`.
+Images and curves are in :mod:`plotting`, whose docstring says what ``ax``/``axes`` do and what comes back.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from course_utils.data import denormalize
-from course_utils.plotting import layout_square_panels, panel_axes
+from course_utils.plotting import layout_square_panels, new_axes, panel_axes
 
 
 def plot_gradient_norms(
@@ -25,24 +25,19 @@ def plot_gradient_norms(
     Args:
         norms: ``{layer: norm or None}``, e.g. from :func:`gradient_norms`.
         label: Legend entry of this series.
-        title: Axes title.
-        ylabel: Y axis label.
-        ax: Matplotlib axes (a new figure if None).
+        title, ylabel: The axes' title and y label (the x axis names the layers).
 
     Returns:
-        The axes.
+        The axes: pass them as ``ax`` with the next run's norms to draw both on one scale.
 
     Raises:
-        ValueError: ``norms`` is empty.
+        ValueError: ``norms`` is empty (no backward pass yet).
 
     Used in: 07_gradient_flow.ipynb
     """
-    import matplotlib.pyplot as plt
-
     if not norms:
         raise ValueError("norms is empty: compute it with gradient_norms(model) after loss.backward().")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(norms)), 3.5))
+    ax = new_axes(ax, figsize=(max(6.0, 0.3 * len(norms)), 3.5))
     names = list(norms)
     xs = range(len(names))
     values = [v if v is not None and v > 0 else float("nan") for v in norms.values()]
@@ -203,10 +198,11 @@ def plot_trainable_by_stage(
 ):
     """Stacked bars per stage: trainable and frozen parameters (in millions).
 
+    The title ends with how many of all parameters train, and each orange bar is labelled with its count.
+
     Args:
         counts: ``{stage: (trainable, frozen)}`` in the model's order, input side first.
-        title: Axes title (e.g. the freezing strategy).
-        ax: Matplotlib axes (a new figure if None).
+        title: Start of the title, e.g. the freezing strategy.
 
     Returns:
         The axes.
@@ -216,12 +212,9 @@ def plot_trainable_by_stage(
 
     Used in: 04_model_surgery.ipynb
     """
-    import matplotlib.pyplot as plt
-
     if not counts:
         raise ValueError("counts is empty: pass {stage: (trainable, frozen)} for at least one stage.")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax = new_axes(ax, figsize=(7, 3.5))
     names = list(counts)
     trainable = [counts[n][0] / 1e6 for n in names]
     frozen = [counts[n][1] / 1e6 for n in names]

@@ -182,20 +182,20 @@ def plot_scenarios(summary: Sequence[CellSummary], *, baselines: dict | None = N
     Args:
         summary: From :func:`summarise` (``accuracy`` intervals drawn as error bars).
         baselines: ``{domain: {label: accuracy}}`` drawn as horizontal dashed lines (majority, chance).
-        axes: One axes per domain; a new figure if None.
+        axes: One axes per domain, in the order the domains first appear in ``summary``.
 
     Returns:
-        The figure.
+        The figure, titled with what the error bars are.
 
     Used in: 09_when_to_transfer.ipynb
     """
-    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from course_utils.plotting import new_axes
 
     domains = list(dict.fromkeys(s.domain for s in summary))
     order = sorted(dict.fromkeys(s.per_class for s in summary), key=lambda n: math.inf if n is None else n)
-    if axes is None:
-        _, axes = plt.subplots(1, len(domains), figsize=(5.5 * len(domains), 4), sharey=True, squeeze=False)
-        axes = axes[0]
+    axes = np.ravel(new_axes(axes, ncols=len(domains), figsize=(5.5 * len(domains), 4), sharey=True, squeeze=False))
     for ax, domain in zip(axes, domains):
         _draw_domain(ax, summary, domain, order, baselines or {})
     fig = axes[0].figure
@@ -208,18 +208,16 @@ def plot_depth_probe(results: dict, *, ax=None):
     """Linear-probe accuracy at each stage of the backbone, one line per domain.
 
     Args:
-        results: ``{domain: {stage: Interval}}`` with the stages in network order.
-        ax: Axes to draw into; a new figure if None.
+        results: ``{domain: {stage: Interval}}`` with the stages in network order (the x axis).
 
     Returns:
         The axes.
 
     Used in: 09_when_to_transfer.ipynb
     """
-    import matplotlib.pyplot as plt
+    from course_utils.plotting import new_axes
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.8))
+    ax = new_axes(ax, figsize=(8, 3.8))
     for k, (domain, by_stage) in enumerate(results.items()):
         _interval_bars(ax, range(len(by_stage)), list(by_stage.values()), label=domain, color=f"C{k}")
         stages = list(by_stage)
@@ -233,19 +231,19 @@ def plot_depth_probe(results: dict, *, ax=None):
 def plot_accuracy_vs_speed(scores: Sequence[BackboneScore], *, ax=None):
     """Accuracy (with its interval) against milliseconds per image, one labelled point per backbone.
 
+    Each point's legend entry gives the backbone's parameter count; the error bars are accuracy intervals.
+
     Args:
-        scores: One :class:`BackboneScore` per backbone.
-        ax: Axes to draw into; a new figure if None.
+        scores: One :class:`BackboneScore` per backbone, measured on the same validation images.
 
     Returns:
         The axes.
 
     Used in: 09_when_to_transfer.ipynb
     """
-    import matplotlib.pyplot as plt
+    from course_utils.plotting import new_axes
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    ax = new_axes(ax, figsize=(6, 4))
     for k, score in enumerate(scores):
         _interval_bars(ax, [score.ms_per_image], [score.accuracy], color=f"C{k}",
                        label=f"{score.name} ({score.parameters / 1e6:.1f} M parameters)")
