@@ -201,6 +201,26 @@ def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
         features.extract_features(tiny_cnn, _images(), progress=False, engine="tensorrt")
 
 
+def test_large_jobs_export_with_dynamo_small_ones_with_torchscript(tiny_cnn, monkeypatch):
+    from course_utils import deploy
+    from course_utils.deploy import engines
+
+    pytest.importorskip("onnxruntime")
+    real, used = deploy.export_onnx, []
+
+    def recording(*args, dynamo, **kwargs):
+        used.append(dynamo)
+        return real(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(deploy, "export_onnx", recording)
+    monkeypatch.setattr(engines, "DYNAMO_MIN_PIXELS", 6 * 32 * 32)   # _images(): 6 images of 32 x 32
+    big = features.extract_features(tiny_cnn, _images(), progress=False, engine="onnxruntime")
+    engines._SESSIONS.clear()
+    small = features.extract_features(tiny_cnn, _images(n=5), progress=False, engine="onnxruntime")
+    assert used == [True, False] and big.engine == small.engine == "onnxruntime"
+    torch.testing.assert_close(big[0][:5], small[0], rtol=1e-4, atol=1e-4)
+
+
 def test_cache_hit_does_not_depend_on_the_engine(tiny_cnn, tiny_dataset, tmp_path):
     pytest.importorskip("onnxruntime")
     dataset = _folder_dataset(tiny_dataset / "train")

@@ -29,6 +29,10 @@ ENGINES = ("auto", "onnxruntime", "torch")
 # cost 1.8 CPU s at 224 px and ONNX Runtime saved 23 of 45 ms per image (break-even 75 images, 3.8 M pixels),
 # and 0.7 s at 96 px for 1.9 of 5.5 ms per image (384 images, 3.5 M pixels).
 ONNX_MIN_PIXELS = 8_000_000
+# From this many pixels on, the export uses torch's dynamo exporter: its graph ran 1.55x as fast in ONNX Runtime
+# (185 against 120 images/s at 224 px, batch 32, 2 threads of the same EPYC) but takes about 10 s longer to export
+# than the TorchScript exporter's, so it pays from about 3,600 images at 224 px (180 M pixels); twice that here.
+DYNAMO_MIN_PIXELS = 360_000_000
 _SESSIONS: OrderedDict[tuple, object] = OrderedDict()  # the last few exports of this process, by what they compute
 _KEEP_SESSIONS = 4
 
@@ -106,14 +110,15 @@ def _key(network: Outputs, example: torch.Tensor) -> tuple:
             torch.get_num_threads())
 
 
-def _session(network: Outputs, example: torch.Tensor, key: tuple):
-    """An ONNX Runtime session of ``network`` for images shaped like ``example``, exported once per process."""
+def _session(network: Outputs, example: torch.Tensor, key: tuple, *, dynamo: bool):
+    """An ONNX Runtime session of ``network`` for images shaped like ``example``, exported once per process
+    (a network exported before is reused, whichever exporter made it)."""
     from course_utils import deploy
 
     if key not in _SESSIONS:
         batch = example[:2] if len(example) >= 2 else example.expand(2, *example.shape[1:])
         with tempfile.TemporaryDirectory() as folder:  # the session keeps the model in memory
-            path = deploy.export_onnx(network, batch, Path(folder) / "frozen.onnx", dynamo=False)
+            path = deploy.export_onnx(network, batch, Path(folder) / "frozen.onnx", dynamo=dynamo)
             _SESSIONS[key] = deploy.onnx_session(path, spinning=False)
         while len(_SESSIONS) > _KEEP_SESSIONS:
             _SESSIONS.popitem(last=False)
@@ -161,7 +166,8 @@ def frozen_forward(
     Args:
         model: The network; :class:`Outputs` says what comes out (``pooled``, ``maps``).
         example: A first batch: its image size is the size every batch must have.
-        images: How many images will run (``"auto"`` exports only when they hold ``ONNX_MIN_PIXELS``).
+        images: How many images will run (``"auto"`` exports only when they hold ``ONNX_MIN_PIXELS``; from
+            ``DYNAMO_MIN_PIXELS`` on with the slower-to-export, faster-to-run dynamo exporter).
         engine: ``"auto"`` (ONNX Runtime when installed, on the CPU and worth it, else PyTorch),
             ``"onnxruntime"`` or ``"torch"`` (eager, ``channels_last``, ``torch.inference_mode``).
         device: Where eager PyTorch runs (default: where the model's parameters are).
@@ -175,13 +181,14 @@ def frozen_forward(
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     network, was_training = Outputs(model, pooled=pooled, maps=maps), model.training
-    chosen = _choose(engine, device, images * example.shape[-2] * example.shape[-1], network, example)
+    pixels = images * example.shape[-2] * example.shape[-1]
+    chosen = _choose(engine, device, pixels, network, example)
     model.eval()
     try:
         forward = _eager(network, device)
         if chosen == "onnxruntime":
             try:
-                session = _session(network, example, _key(network, example))
+                session = _session(network, example, _key(network, example), dynamo=pixels >= DYNAMO_MIN_PIXELS)
                 forward = Forward("onnxruntime", lambda batch: deploy.run_onnx_outputs(session, batch))
             except _export_errors() as err:
                 if engine == "onnxruntime":
