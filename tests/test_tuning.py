@@ -151,7 +151,6 @@ def test_range_test_is_the_plain_pytorch_loop_with_growing_rates():
     for loss in losses[1:]:
         expected.append(0.5 * loss + 0.5 * expected[-1])
     assert result.smoothed == pytest.approx(expected, rel=1e-5)
-    assert result["min_loss_lr"] == result.min_loss_lr  # dict-style reading still works
 
 
 def test_suggestions_on_a_hand_made_record():

@@ -67,10 +67,6 @@ class RangeTest:
                   for i in range(len(s) - 1) if math.isfinite(s[i]) and math.isfinite(s[i + 1])]
         return lrs[min(slopes)[1]] if slopes else self.min_loss_lr
 
-    def __getitem__(self, key: str):
-        # Dict-style reading (result["min_loss_lr"]) for notebooks written before this was a dataclass.
-        return getattr(self, key)
-
 
 def lr_range_test(
     model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, data_loader,
