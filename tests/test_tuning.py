@@ -153,6 +153,13 @@ def test_range_test_is_the_plain_pytorch_loop_with_growing_rates():
     assert result.smoothed == pytest.approx(expected, rel=1e-5)
 
 
+def test_steepest_rate_ignores_the_swings_after_the_loss_diverged():
+    # the loss falls to its lowest at 1e-2, then diverges and swings: the plunge from 9.0 to 3.0 is not a suggestion
+    record = tuning.RangeTest(lr=[1e-4, 1e-3, 1e-2, 1e-1, 1.0], loss=[0.0] * 5, smoothed=[2.0, 1.8, 1.0, 9.0, 3.0])
+    assert record.min_loss_lr == 1e-2
+    assert record.steepest_lr == 1e-3
+
+
 def test_suggestions_on_a_hand_made_record():
     record = tuning.RangeTest(lr=[1e-4, 1e-3, 1e-2, 1e-1], loss=[0.0] * 4, smoothed=[2.0, 1.9, 1.0, float("nan")])
     assert record.min_loss_lr == 1e-2  # the lowest finite smoothed loss

@@ -61,10 +61,12 @@ class RangeTest:
 
     @property
     def steepest_lr(self) -> float:
-        """The rate where the smoothed loss fell fastest per unit of log-rate (else :attr:`min_loss_lr`)."""
+        """The rate where the smoothed loss fell fastest per unit of log-rate, looking only up to the lowest
+        loss (past it the loss diverges and its swings mean nothing); else :attr:`min_loss_lr`."""
         s, lrs = self.smoothed, self.lr
+        lowest = self.lr.index(self.min_loss_lr)
         slopes = [((s[i + 1] - s[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])), i)
-                  for i in range(len(s) - 1) if math.isfinite(s[i]) and math.isfinite(s[i + 1])]
+                  for i in range(lowest) if math.isfinite(s[i]) and math.isfinite(s[i + 1])]
         return lrs[min(slopes)[1]] if slopes else self.min_loss_lr
 
 
