@@ -2,8 +2,8 @@
 
 Fine-tuning EfficientNet-Lite0 (every parameter trains, AdamW, channels_last) as notebooks 06 and
 06_fine_tuning_far_domain run it, with random images of their exact batch shapes (speed does not depend on
-the pixels): training batches of 32 at 112 px (06, 244 images, so the last batch holds 20) or 64 px (06_far,
-1000 images, last batch 8), then one evaluation pass (06: 153 images at 128 px in batches of 64; 06_far:
+the pixels): training batches of 32 at 112 px (06, 244 images, so the last batch holds 20) or of 64 at 64 px
+(06_far, 800 images, last batch 32), then one evaluation pass (06: 153 images at 128 px in batches of 64; 06_far:
 500 images at 64 px in batches of 100). Each mode runs in a fresh Python process: eager, and
 ``torch.compile(model)`` (inductor) with an empty compile cache ("cold", what a first run and CI pay) and
 again with the cache the cold run left ("warm", a rerun of the notebook on the same machine). In each process
@@ -46,7 +46,7 @@ from course_utils.models import surgery
 # name: (classes, training images, batch, train px, validation images, eval batch, eval px, seeds, epochs, lrs)
 WORKLOADS = {
     "06": (2, 244, 32, 112, 153, 64, 128, 3, 4, (1e-3, 1e-4)),
-    "06_far": (10, 1000, 32, 64, 500, 100, 64, 3, 5, (5e-3, 2e-3)),
+    "06_far": (10, 800, 64, 64, 500, 100, 64, 3, 5, (5e-3, 2e-3)),
 }
 COPIES, EPOCHS = 2, 2  # measured per process
 NOTEBOOK_BUDGET = 120  # seconds a whole notebook may take on 2 cores (issue 19)

@@ -2,7 +2,7 @@
 
 Four recipes train EfficientNet-Lite0 (ImageNet weights, a fresh seeded head) on ants/bees (hymenoptera,
 near ImageNet) and on EuroSAT (far from it: 100 training and 50 validation images per class of the course's
-split, 64 px, as notebook 06_fine_tuning_far_domain uses), each with every seed:
+split, 64 px; notebook 06_fine_tuning_far_domain takes 80 per class, in batches of 64), each with every seed:
 
 - tutorial, fine-tune: the PyTorch transfer-learning tutorial's loop: every JPEG decoded again in every epoch
   (ImageFolder + DataLoader, 4 workers), RandomResizedCrop(224) + flip, batch 4, SGD lr 1e-3 momentum 0.9,
@@ -14,7 +14,8 @@ split, 64 px, as notebook 06_fine_tuning_far_domain uses), each with every seed:
   epochs at lr 1e-3 (features.train_head), as notebooks 06 and 06_far do;
 - course, fine-tune: decoded once, channels_last, the notebooks' sizes and epochs (06: 112 px crops, 128 px
   evaluation, 4 epochs, head 1e-3 / backbone 1e-4 where 06 takes them from its range test; 06_far: 64 px, 5
-  epochs, 5e-3 / 2e-3), batch 32, AdamW (surgery.parameter_groups), warm-up then cosine (tuning.warmup_cosine).
+  epochs, 5e-3 / 2e-3), batch 32 (06_far trains in batches of 64 since this table was made), AdamW
+  (surgery.parameter_groups), warm-up then cosine (tuning.warmup_cosine).
 
 The tutorial's recipes run 2 epochs on ants/bees and 1 on EuroSAT (224 px costs about 12 times the pixels of
 64 px), which keeps the whole run near 10 minutes on 2 idle cores: their curves stop early, read them as where
