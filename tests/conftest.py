@@ -1,8 +1,14 @@
 """Shared fixtures: a tiny synthetic image dataset, and the real one when it is present."""
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# Before torch is imported: `make test` runs two test processes on two cores, and spinning OpenMP threads
+# would slow both (notebook 01 explains the setting; every notebook sets it too).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from torch import nn
 
 CLASSES = ("cats", "dogs", "owls")  # three classes on purpose: never the default 2 or 1000
