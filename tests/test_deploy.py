@@ -83,6 +83,26 @@ def test_export_onnx_checks_parity_and_keeps_a_dynamic_batch(tiny_timm_net, tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["net.onnx"]
 
 
+def test_a_fixed_batch_export_computes_no_shapes_and_takes_one_image(tiny_timm_net, tmp_path):
+    import onnx
+    import onnxruntime
+
+    dynamic = deploy.export_onnx(tiny_timm_net, torch.randn(2, 3, 15, 15), tmp_path / "dynamic.onnx", dynamo=False)
+    fixed = deploy.export_onnx(tiny_timm_net, torch.randn(1, 3, 15, 15), tmp_path / "fixed.onnx", dynamo=False,
+                               fixed_batch=True)
+
+    def ops_onnx_runtime_runs(path):
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC  # constant folding
+        options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert {"Shape", "Pad"} <= ops_onnx_runtime_runs(dynamic), "'same' padding computed from the input in every run"
+    assert ops_onnx_runtime_runs(fixed).isdisjoint({"Shape", "Pad"}), "the padding folded into the convolution"
+    assert deploy.onnx_session(fixed, threads=1).get_inputs()[0].shape == [1, 3, 15, 15]
+
+
 def test_export_onnx_refuses_an_export_that_differs_from_pytorch(tiny_timm_net, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="at least 2 images"):
         deploy.export_onnx(tiny_timm_net, torch.randn(1, 3, 15, 15), tmp_path / "one.onnx", dynamo=False)

@@ -160,7 +160,8 @@ def test_onnx_runtime_gives_the_eager_features_and_says_so(tiny_cnn):
     assert (eager.engine, fast.engine) == ("torch", "onnxruntime")
     torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(fast[1], eager[1]) and not fast[0].is_inference()
-    assert features.extract_features(tiny_cnn, _images(n=5), progress=False).engine == "onnxruntime", "exported"
+    assert features.extract_features(tiny_cnn, _images(n=5), progress=False, batch_size=4).engine == "onnxruntime", \
+        "exported before, at this batch size"
     assert features.extract_features(tiny_cnn, _images(size=24), progress=False).engine == "torch", "too few pixels"
 
 
@@ -201,24 +202,21 @@ def test_engine_falls_back_to_eager_with_a_warning(tiny_cnn, monkeypatch):
         features.extract_features(tiny_cnn, _images(), progress=False, engine="tensorrt")
 
 
-def test_large_jobs_export_with_dynamo_small_ones_with_torchscript(tiny_cnn, monkeypatch):
-    from course_utils import deploy
+def test_onnx_runs_batches_of_the_exported_size_and_pads_the_last_one(tiny_cnn):
     from course_utils.deploy import engines
 
     pytest.importorskip("onnxruntime")
-    real, used = deploy.export_onnx, []
-
-    def recording(*args, dynamo, **kwargs):
-        used.append(dynamo)
-        return real(*args, dynamo=dynamo, **kwargs)
-
-    monkeypatch.setattr(deploy, "export_onnx", recording)
-    monkeypatch.setattr(engines, "DYNAMO_MIN_PIXELS", 6 * 32 * 32)   # _images(): 6 images of 32 x 32
-    big = features.extract_features(tiny_cnn, _images(), progress=False, engine="onnxruntime")
     engines._SESSIONS.clear()
-    small = features.extract_features(tiny_cnn, _images(n=5), progress=False, engine="onnxruntime")
-    assert used == [True, False] and big.engine == small.engine == "onnxruntime"
-    torch.testing.assert_close(big[0][:5], small[0], rtol=1e-4, atol=1e-4)
+    fast = features.extract_features(tiny_cnn, _images(n=7), batch_size=3, progress=False, engine="onnxruntime")
+    eager = features.extract_features(tiny_cnn, _images(n=7), batch_size=3, progress=False, engine="torch")
+    assert fast.engine == "onnxruntime" and len(fast[0]) == 7   # batches of 3, 3 and 1 (padded to 3)
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
+    (session,) = engines._SESSIONS.values()
+    assert session.get_inputs()[0].shape == [3, 3, 32, 32], "the export's batch size is fixed"
+    engines._SESSIONS.clear()
+    whole = features.extract_features(tiny_cnn, _images(n=2), batch_size=32, progress=False, engine="onnxruntime")
+    assert next(iter(engines._SESSIONS.values())).get_inputs()[0].shape[0] == 2, "no larger than the job"
+    torch.testing.assert_close(whole[0], eager[0][:2], rtol=1e-4, atol=1e-4)
 
 
 def test_cache_hit_does_not_depend_on_the_engine(tiny_cnn, tiny_dataset, tmp_path):

@@ -4,7 +4,10 @@ Feature extraction only runs the network forward, in eval mode, over the same im
 On the 2-core CPUs measured, ONNX Runtime did that 1.5 to 4 times faster than eager PyTorch (per image: 21 vs
 45 ms of CPU at 224 px, 3.6 vs 5.5 ms at 96 px, on 1 thread of an AMD EPYC; ``benchmarks/feature_extraction.py``
 measures it against the machine's limit), so :func:`frozen_forward` exports the network once per weights,
-image size and outputs (``deploy.export_onnx``, checked against PyTorch) and runs the export. Eager PyTorch
+batch size, image size and outputs (``deploy.export_onnx``, checked against PyTorch) and runs the export. The
+export's batch size is fixed, which lets the exporter fold Lite0's padding arithmetic into constants (1.4 times
+as fast as a dynamic batch there); a smaller last batch is padded with copies of its first image, whose outputs
+are dropped. Eager PyTorch
 (``channels_last``, ``torch.inference_mode``) runs instead when onnxruntime is missing, the model is on a GPU,
 there are too few pixels for the export to pay, or the export fails; the engine that ran is reported.
 """
@@ -29,10 +32,6 @@ ENGINES = ("auto", "onnxruntime", "torch")
 # cost 1.8 CPU s at 224 px and ONNX Runtime saved 23 of 45 ms per image (break-even 75 images, 3.8 M pixels),
 # and 0.7 s at 96 px for 1.9 of 5.5 ms per image (384 images, 3.5 M pixels).
 ONNX_MIN_PIXELS = 8_000_000
-# From this many pixels on, the export uses torch's dynamo exporter: its graph ran 1.55x as fast in ONNX Runtime
-# (185 against 120 images/s at 224 px, batch 32, 2 threads of the same EPYC) but takes about 10 s longer to export
-# than the TorchScript exporter's, so it pays from about 3,600 images at 224 px (180 M pixels); twice that here.
-DYNAMO_MIN_PIXELS = 360_000_000
 _SESSIONS: OrderedDict[tuple, object] = OrderedDict()  # the last few exports of this process, by what they compute
 _KEEP_SESSIONS = 4
 
@@ -105,20 +104,21 @@ class Forward:
         return self.run(images)
 
 
-def _key(network: Outputs, example: torch.Tensor) -> tuple:
-    return (weights_digest(network), tuple(example.shape[1:]), tuple(network.pooled), tuple(network.maps),
+def _key(network: Outputs, example: torch.Tensor, batch_size: int) -> tuple:
+    return (weights_digest(network), batch_size, tuple(example.shape[1:]), tuple(network.pooled), tuple(network.maps),
             torch.get_num_threads())
 
 
-def _session(network: Outputs, example: torch.Tensor, key: tuple, *, dynamo: bool):
-    """An ONNX Runtime session of ``network`` for images shaped like ``example``, exported once per process
-    (a network exported before is reused, whichever exporter made it)."""
+def _session(network: Outputs, example: torch.Tensor, key: tuple, *, batch_size: int):
+    """An ONNX Runtime session of ``network`` for batches of ``batch_size`` images shaped like ``example``,
+    exported once per process (the TorchScript exporter: about 1.5 s for Lite0 against 8 s for dynamo's,
+    and with every shape fixed its graph ran as fast)."""
     from course_utils import deploy
 
     if key not in _SESSIONS:
-        batch = example[:2] if len(example) >= 2 else example.expand(2, *example.shape[1:])
+        batch = example[torch.arange(batch_size) % len(example)]   # batch_size images, repeating the example's
         with tempfile.TemporaryDirectory() as folder:  # the session keeps the model in memory
-            path = deploy.export_onnx(network, batch, Path(folder) / "frozen.onnx", dynamo=dynamo)
+            path = deploy.export_onnx(network, batch, Path(folder) / "frozen.onnx", dynamo=False, fixed_batch=True)
             _SESSIONS[key] = deploy.onnx_session(path, spinning=False)
         while len(_SESSIONS) > _KEEP_SESSIONS:
             _SESSIONS.popitem(last=False)
@@ -134,6 +134,21 @@ def _export_errors() -> tuple[type[Exception], ...]:
     return (RuntimeError, ValueError, TypeError, ort.Fail, ort.InvalidArgument, ort.InvalidGraph, ort.NotImplemented)
 
 
+def _onnx(session, batch_size: int) -> Forward:
+    from course_utils import deploy
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = []
+        for chunk in images.split(batch_size):
+            count = len(chunk)
+            if count < batch_size:   # the export takes exactly batch_size images: pad with copies of the first
+                chunk = torch.cat([chunk, chunk[:1].expand(batch_size - count, *chunk.shape[1:])])
+            parts.append([output[:count] for output in deploy.run_onnx_outputs(session, chunk)])
+        return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
+
+    return Forward("onnxruntime", run)
+
+
 def _eager(network: Outputs, device: torch.device) -> Forward:
     def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.inference_mode():
@@ -143,7 +158,8 @@ def _eager(network: Outputs, device: torch.device) -> Forward:
     return Forward("torch", run)
 
 
-def _choose(engine: str, device: torch.device, pixels: int, network: Outputs, example: torch.Tensor) -> str:
+def _choose(engine: str, device: torch.device, pixels: int, network: Outputs, example: torch.Tensor,
+            batch_size: int) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     installed = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -151,7 +167,8 @@ def _choose(engine: str, device: torch.device, pixels: int, network: Outputs, ex
         raise ValueError(f"engine='onnxruntime' needs onnx and onnxruntime installed (pip install \"course-utils"
                          f"[deploy]\") and the model on the CPU (it is on {device}); or pass engine='auto'.")
     if engine == "auto":
-        pays = installed and device.type == "cpu" and (pixels >= ONNX_MIN_PIXELS or _key(network, example) in _SESSIONS)
+        exported = _key(network, example, batch_size) in _SESSIONS
+        pays = installed and device.type == "cpu" and (pixels >= ONNX_MIN_PIXELS or exported)
         return "onnxruntime" if pays else "torch"
     return engine
 
@@ -159,37 +176,37 @@ def _choose(engine: str, device: torch.device, pixels: int, network: Outputs, ex
 @contextmanager
 def frozen_forward(
     model: nn.Module, example: torch.Tensor, *, images: int, pooled: Sequence[str] = (), maps: Sequence[str] = (),
-    engine: str = "auto", device: torch.device | None = None,
+    engine: str = "auto", device: torch.device | None = None, batch_size: int | None = None,
 ) -> Iterator[Forward]:
     """The forward pass of a frozen ``model`` (eval mode inside the block, its mode restored after) on one engine.
 
     Args:
         model: The network; :class:`Outputs` says what comes out (``pooled``, ``maps``).
         example: A first batch: its image size is the size every batch must have.
-        images: How many images will run (``"auto"`` exports only when they hold ``ONNX_MIN_PIXELS``; from
-            ``DYNAMO_MIN_PIXELS`` on with the slower-to-export, faster-to-run dynamo exporter).
+        images: How many images will run (``"auto"`` exports only when they hold ``ONNX_MIN_PIXELS``).
         engine: ``"auto"`` (ONNX Runtime when installed, on the CPU and worth it, else PyTorch),
             ``"onnxruntime"`` or ``"torch"`` (eager, ``channels_last``, ``torch.inference_mode``).
         device: Where eager PyTorch runs (default: where the model's parameters are).
+        batch_size: The batch size the export is fixed to (default: ``len(example)``); larger batches are
+            split, smaller ones padded.
 
     Raises:
         ValueError: An unknown ``engine``, or ``"onnxruntime"`` without onnxruntime or for a model on a GPU.
 
     Used in: 05_feature_extraction.ipynb, 09_when_to_transfer.ipynb (through extract_features, stage_features)
     """
-    from course_utils import deploy
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     network, was_training = Outputs(model, pooled=pooled, maps=maps), model.training
     pixels = images * example.shape[-2] * example.shape[-1]
-    chosen = _choose(engine, device, pixels, network, example)
+    batch_size = len(example) if batch_size is None else batch_size
+    chosen = _choose(engine, device, pixels, network, example, batch_size)
     model.eval()
     try:
         forward = _eager(network, device)
         if chosen == "onnxruntime":
             try:
-                session = _session(network, example, _key(network, example), dynamo=pixels >= DYNAMO_MIN_PIXELS)
-                forward = Forward("onnxruntime", lambda batch: deploy.run_onnx_outputs(session, batch))
+                session = _session(network, example, _key(network, example, batch_size), batch_size=batch_size)
+                forward = _onnx(session, batch_size)
             except _export_errors() as err:
                 if engine == "onnxruntime":
                     raise

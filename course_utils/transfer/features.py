@@ -53,7 +53,8 @@ def _run_backbone(model: nn.Module, dataset, batch_size: int, progress: bool, en
 
     example = torch.stack([dataset[0][0], dataset[min(1, len(dataset) - 1)][0]])
     chunks, labels = [], []
-    with head_removed(model), frozen_forward(model, example, images=len(dataset), engine=engine) as forward:
+    with head_removed(model), frozen_forward(model, example, images=len(dataset), engine=engine,
+                                             batch_size=min(batch_size, len(dataset))) as forward:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for images, targets in progress_bar(loader, desc=f"features ({forward.engine})", disable=not progress):
             chunks.append(forward(images)[0])
