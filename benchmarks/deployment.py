@@ -74,6 +74,9 @@ def main() -> None:
         rows = deploy.compare_latency({"PyTorch eager": eager, "ONNX Runtime": lambda b: deploy.run_onnx(session, b)},
                                       {1: images[:1], 32: images}, repeats=args.repeats)
         gap = (deploy.run_onnx(session, images) - eager(images)).abs().max().item()
+    cpu = {(row["engine"], row["batch"]): row["cpu_ms"] for row in rows}
+    ratios = "; ".join(f"batch {batch}: {cpu['ONNX Runtime', batch] / cpu['PyTorch eager', batch]:.2f}x"
+                       for batch in (1, 32))
     support = deploy.cpu_bf16_support()
     bf16 = _bf16_rows(model, images[: args.bf16_images].contiguous(memory_format=torch.channels_last), args.repeats)
     markdown = "\n".join([
@@ -81,6 +84,7 @@ def main() -> None:
         f"{args.backbone}, {pre.crop} px, {torch.get_num_threads()} threads for both engines; median of "
         f"{args.repeats} runs after 1 warm-up", "", deploy.format_latency_table(rows), "",
         f"export {export_seconds:.0f} s; largest logit difference ONNX Runtime vs PyTorch {gap:.1e}", "",
+        f"ONNX Runtime's CPU time per call as a share of PyTorch's: {ratios}", "",
         f"bfloat16: {support}; batch {args.bf16_images}, median of {args.repeats} runs after 1 warm-up", "", *bf16])
     print(markdown)
     if not args.no_readme:
