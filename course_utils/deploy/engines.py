@@ -5,11 +5,11 @@ On the 2-core CPUs measured, ONNX Runtime did that 1.5 to 4 times faster than ea
 45 ms of CPU at 224 px, 3.6 vs 5.5 ms at 96 px, on 1 thread of an AMD EPYC; ``benchmarks/feature_extraction.py``
 measures it against the machine's limit), so :func:`frozen_forward` exports the network once per weights,
 batch size, image size and outputs (``deploy.export_onnx``, checked against PyTorch) and runs the export. The
-export's batch size is fixed, which lets the exporter fold Lite0's padding arithmetic into constants (1.4 times
-as fast as a dynamic batch there); a smaller last batch is padded with copies of its first image, whose outputs
-are dropped. Eager PyTorch
-(``channels_last``, ``torch.inference_mode``) runs instead when onnxruntime is missing, the model is on a GPU,
-there are too few pixels for the export to pay, or the export fails; the engine that ran is reported.
+export's batch size is fixed: with every shape a constant, ONNX Runtime folds the arithmetic of Lite0's "same"
+padding away instead of running it in every call (1.4 times as fast as a dynamic batch there); a smaller last
+batch is padded with copies of its first image, whose outputs are dropped. Eager PyTorch (``channels_last``,
+``torch.inference_mode``) runs instead when onnxruntime is missing, the model is on a GPU, there are too few
+pixels for the export to pay, or the export fails; the engine that ran is reported.
 """
 from __future__ import annotations
 
