@@ -163,6 +163,27 @@ def difference_interval(
     return mean_interval(a - b, level=level, n_resamples=n_resamples, seed=seed)
 
 
+def share_of_seeds(right_by_seed) -> torch.Tensor:
+    """Per image, the share of the runs (seeds) that got it right: what ``difference_interval`` pools over.
+
+    Args:
+        right_by_seed: A dict seed -> per-image True/False (or a list of them), every run on the same images
+            in the same order.
+
+    Raises:
+        ValueError: No runs, or runs that do not cover the same number of images.
+
+    Used in: 06_fine_tuning_far_domain.ipynb; 09_when_to_transfer.ipynb (through verdicts.difference)
+    """
+    runs = list(right_by_seed.values()) if isinstance(right_by_seed, dict) else list(right_by_seed)
+    lengths = sorted({len(run) for run in runs})
+    if len(lengths) != 1:
+        raise ValueError(f"right_by_seed must hold at least one run, each with one entry per image in the same "
+                         f"order; got {len(runs)} runs of lengths {lengths}. Pass (predictions == labels) of "
+                         "every seed on the same images.")
+    return torch.stack([torch.as_tensor(run) for run in runs]).float().mean(dim=0)
+
+
 def majority_baseline(labels: Sequence[int] | torch.Tensor) -> float:
     """Accuracy of always answering the most frequent class of ``labels``.
 

@@ -100,6 +100,17 @@ def test_pooled_seed_difference_averages_the_seeds_and_is_no_wider_than_the_wide
     assert pooled.high - pooled.low <= max(gap.high - gap.low for gap in per_seed)
 
 
+def test_share_of_seeds_is_the_per_image_mean_over_runs_of_the_same_images():
+    runs = {0: torch.tensor([True, True, False, False]), 4: torch.tensor([True, False, False, True]),
+            7: torch.tensor([True, False, False, False])}
+    torch.testing.assert_close(stats.share_of_seeds(runs), torch.tensor([1.0, 1 / 3, 0.0, 1 / 3]))
+    assert torch.equal(stats.share_of_seeds(list(runs.values())), stats.share_of_seeds(runs))
+    with pytest.raises(ValueError, match=r"3 runs of lengths \[3, 4\]"):
+        stats.share_of_seeds([torch.ones(4, dtype=torch.bool), torch.ones(3, dtype=torch.bool), torch.ones(4)])
+    with pytest.raises(ValueError, match="0 runs"):
+        stats.share_of_seeds({})
+
+
 @pytest.mark.parametrize("bad, match", [
     ([], "non-empty"), ([[True, False]], "1-D"), ([0, 2, 1], r"between 0 and 1 .* \[2\.0\]"),
     ([0.5, float("nan")], "between 0 and 1"), (["right", "wrong"], "numbers or True/False"),

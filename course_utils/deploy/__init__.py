@@ -116,7 +116,7 @@ def export_onnx(
     model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamo: bool = True,
     tolerance: float = 1e-4, fixed_batch: bool = False,
 ) -> Path:
-    """Export ``model`` (eval mode) with a dynamic batch size, save it atomically, and check it against PyTorch.
+    """Export ``model`` (eval mode) with a dynamic (or fixed) batch size, save it atomically, check it against PyTorch.
 
     The input is named ``images``, the outputs ``output0``, ``output1``, ... in the model's order. After
     saving, ONNX Runtime runs ``example`` and every output is compared with PyTorch's: the largest
@@ -138,8 +138,8 @@ def export_onnx(
             every run: Lite0 ran about 1.4 times as fast at 224 px (``benchmarks/feature_extraction.py``).
 
     Raises:
-        ValueError: ``example`` holds fewer than 2 images, or ONNX Runtime differs from PyTorch by more than
-            ``tolerance`` (the file is removed; the message gives the difference).
+        ValueError: ``example`` holds fewer than 2 images (none, with ``fixed_batch``), or ONNX Runtime differs
+            from PyTorch by more than ``tolerance`` (the file is removed; the message gives the difference).
 
     Used in: 05_feature_extraction.ipynb, 09_when_to_transfer.ipynb (through engines.frozen_forward),
         benchmarks/deployment.py, benchmarks/feature_extraction.py

@@ -78,8 +78,9 @@ def extract_features(
     Args:
         model: A classifier whose head :func:`models.get_head` finds.
         dataset: Yields ``(image_tensor, label)``, already transformed.
-        batch_size: Images per forward pass. 32 was the fastest for ONNX Runtime at 224 px on 2 cores
-            (``benchmarks/feature_extraction.py``: faster than 16 and than 64, whose activations outgrow the cache).
+        batch_size: Images per forward pass (and the batch size ONNX Runtime's export is fixed to). Over quiet
+            runs of ``benchmarks/feature_extraction.py`` on 2 cores at 224 px, 16 and 32 were the fastest by
+            turns, and 64 slower (its activations outgrow the cache); 32 is the default.
         cache_dir: Folder for the cache, e.g. ``data.runs_root() / "features"`` (never the dataset folder).
             The file name hashes the backbone weights, the dataset's exact file list (paths, sizes,
             mtimes), its transforms (``feature_cache.pipeline_description``) and ``cache_key``. ``None``: no cache.

@@ -74,7 +74,7 @@ def _cell(results: Sequence, domain: str, strategy: str, per_class: int | None) 
 
 def _per_image(results: Sequence, domain: str, strategy: str, per_class: int | None) -> torch.Tensor:
     """Share of seeds that got each validation image right, for one cell of the grid."""
-    return torch.stack([r.correct for r in _cell(results, domain, strategy, per_class)]).float().mean(0)
+    return stats.share_of_seeds([r.correct for r in _cell(results, domain, strategy, per_class)])
 
 
 def cell_accuracy(results: Sequence, *, domain: str, strategy: str, per_class: int | None,
