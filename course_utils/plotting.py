@@ -104,7 +104,8 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     """Loss and accuracy per epoch, train and validation, from the history that ``fit`` returns.
 
     Args:
-        history: One dict per epoch with ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``.
+        history: One dict per epoch with ``train_loss``, ``train_acc`` and, unless ``fit`` ran without a
+            validation set, ``val_loss``, ``val_acc``.
         title: Title of the figure.
         axes: Two axes: loss, then accuracy.
 
@@ -120,7 +121,7 @@ def plot_history(history: Sequence[dict], *, title: str = "Training curves", axe
     axes = new_axes(axes, ncols=2, figsize=(10, 3.5))
     epochs = [row["epoch"] for row in history]
     for ax, metric, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "acc", "accuracy")):
-        for split in ("train", "val"):
+        for split in ("train", "val") if "val_loss" in history[0] else ("train",):
             ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker="o", label=split)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

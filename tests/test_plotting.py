@@ -140,6 +140,15 @@ def test_plot_history_draws_into_given_axes():
     assert all(len(ax.get_lines()) == 2 for ax in axes)
 
 
+def test_plot_history_of_a_fit_without_validation_draws_the_training_lines_only():
+    train_only = [{k: v for k, v in row.items() if not k.startswith("val_")} for row in HISTORY]
+    fig = plotting.plot_history(train_only)
+    for ax, key in zip(fig.axes, ("loss", "acc")):
+        (line,) = ax.get_lines()
+        assert line.get_label() == "train"
+        assert list(line.get_ydata()) == [row[f"train_{key}"] for row in HISTORY]
+
+
 def test_plot_history_rejects_an_empty_history():
     with pytest.raises(ValueError, match="history is empty"):
         plotting.plot_history([])

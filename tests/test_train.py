@@ -211,6 +211,35 @@ def test_fit_accepts_a_device_name_and_keeps_the_best_epoch_without_a_checkpoint
     assert final["acc"] == last[-1]["val_acc"] < 1.0, "restore_best=False keeps the last epoch"
 
 
+def test_fit_without_a_val_loader_trains_as_with_one_and_evaluates_nothing(monkeypatch):
+    def run(val_loader):
+        torch.manual_seed(0)
+        model = nn.Linear(2, 3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        history = train.fit(model, nn.CrossEntropyLoss(), optimizer, _FlippingLabels(torch.randn(100, 2)),
+                            val_loader, CPU, epochs=3, progress=False, restore_best=False)
+        return model, history
+
+    inputs = torch.randn(20, 2)
+    with_val, with_history = run([(inputs, torch.zeros(20, dtype=torch.long))])
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: pytest.fail("evaluate ran without a val_loader"))
+    without, history = run(None)
+    assert [set(row) for row in history] == [HISTORY_KEYS - {"val_loss", "val_acc"}] * 3
+    assert [row["train_loss"] for row in history] == [row["train_loss"] for row in with_history]
+    assert torch.equal(without.weight, with_val.weight), "the same training, only the evaluation skipped"
+
+
+@pytest.mark.parametrize("keep", [{"restore_best": True}, {"restore_best": False, "checkpoint": "best.pt"}])
+def test_fit_without_a_val_loader_refuses_to_pick_a_best_epoch(tiny_cnn, keep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loader = DataLoader(_images(5, seed=0), batch_size=5)
+    optimizer = torch.optim.SGD(tiny_cnn.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"val_loader=None, (restore_best=True|checkpoint='best.pt').*"
+                                         r"restore_best=False and no checkpoint"):
+        train.fit(tiny_cnn, nn.CrossEntropyLoss(), optimizer, loader, None, CPU, epochs=1, progress=False, **keep)
+    assert not (tmp_path / "best.pt").exists()
+
+
 def test_fit_refuses_a_head_that_does_not_fit_the_classes(tiny_dataset):
     from course_utils import data
     from course_utils.data import folders

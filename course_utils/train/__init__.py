@@ -2,9 +2,10 @@
 
 :func:`train_step` is one optimizer step on one batch, :func:`train_one_epoch` runs it over a loader, and
 :func:`fit` alternates epochs with :func:`evaluate` and returns a history (one dict per epoch: ``epoch``,
-``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``seconds``). Everything in the package that trains
-goes through them: ``features.train_head`` is ``fit`` over cached features, ``tuning.lr_range_test`` and
-``gradients.record_gradient_norms`` hook into the step. What the loops refuse is in ``training_checks``.
+``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``seconds``; no ``val_`` keys without a validation
+set). Everything in the package that trains goes through them: ``features.train_head`` is ``fit`` over cached
+features, ``tuning.lr_range_test`` and ``gradients.record_gradient_norms`` hook into the step. What the loops
+refuse is in ``training_checks``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from course_utils.files import check_writable
 from course_utils.models import checkpoints
 from course_utils.train.training_checks import (
     check_batch,
+    check_best_needs_validation,
     check_head_fits,
     check_labels,
     check_learning_rates,
@@ -253,6 +255,9 @@ def fit(
     (when the dataset has ``.classes``).
 
     Args:
+        val_loader: None skips the evaluation after each epoch (each history row then has no ``val_loss``
+            and ``val_acc``): for runs judged by their last epoch (``restore_best=False``, no ``checkpoint``),
+            measured once afterwards with ``predict``.
         device: A ``torch.device`` or its name (``"cpu"``, ``"cuda"``).
         scheduler: Stepped once per epoch, after evaluation.
         batch_scheduler: Stepped after every optimizer step (schedules with a warm-up of a few steps).
@@ -267,13 +272,15 @@ def fit(
 
     Raises:
         ValueError: ``epochs`` is not a positive integer, the head does not fit the classes, the learning
-            rate is NaN, infinite, negative or 0 without a scheduler, or a label has no output in the head.
+            rate is NaN, infinite, negative or 0 without a scheduler, a label has no output in the head, or
+            ``val_loader`` is None while ``restore_best`` or ``checkpoint`` asks for the best epoch.
         PermissionError: ``checkpoint`` cannot be written (checked before training).
 
     Used in: 06_fine_tuning_far_domain.ipynb; 05_feature_extraction.ipynb, 06_fine_tuning.ipynb,
         08_attribution_with_captum.ipynb (through features.train_head)
     """
     require_int("epochs", epochs, example=5, fix="It is the number of passes over train_loader.")
+    check_best_needs_validation(val_loader, restore_best=restore_best, checkpoint=checkpoint)
     device = torch.device(device)
     check_head_fits(model, train_loader)
     check_learning_rates(optimizer, scheduler or batch_scheduler)
@@ -287,13 +294,14 @@ def fit(
         train = train_one_epoch(model, criterion, optimizer, train_loader, device,
                                 scaler=scaler if scaler.is_enabled() else None, progress=progress,
                                 batch_scheduler=batch_scheduler)
-        val = evaluate(model, criterion, val_loader, device, progress=progress)
+        row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+        if val_loader is not None:
+            val = evaluate(model, criterion, val_loader, device, progress=progress)
+            row.update(val_loss=val["loss"], val_acc=val["acc"])
         if scheduler is not None:
             scheduler.step()
-        history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                        "val_loss": val["loss"], "val_acc": val["acc"],
-                        "seconds": time.perf_counter() - start})
-        if val["acc"] > best:
+        history.append({**row, "seconds": time.perf_counter() - start})
+        if val_loader is not None and val["acc"] > best:
             best = val["acc"]
             if checkpoint is not None:
                 checkpoints.save(model, checkpoint)  # weights only: fit does not know the backbone or classes

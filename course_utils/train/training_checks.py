@@ -1,7 +1,8 @@
 """What the training loops of :mod:`course_utils.train` refuse, each with a message that names the fix.
 
 A single image where a batch belongs, labels the head has no output for, a loader that yields nothing,
-a head sized for another number of classes, a learning rate that cannot train.
+a head sized for another number of classes, a learning rate that cannot train, a best epoch asked
+for without a validation set.
 """
 from __future__ import annotations
 
@@ -114,6 +115,18 @@ def check_head_fits(model: nn.Module, train_loader) -> None:
             f"classes ({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}). Give it a "
             f"new head first: models.replace_head(model, {len(classes)})."
         )
+
+
+def check_best_needs_validation(val_loader, *, restore_best: bool, checkpoint) -> None:
+    """Refuse ``fit(val_loader=None)`` when the best epoch is asked for: nothing would say which it is.
+
+    Used in: 06_fine_tuning_far_domain.ipynb (through train.fit)
+    """
+    if val_loader is None and (restore_best or checkpoint is not None):
+        wanted = "restore_best=True" if restore_best else f"checkpoint={str(checkpoint)!r}"
+        raise ValueError(f"fit(val_loader=None, {wanted}): the best epoch is chosen by validation accuracy, and "
+                         "without a val_loader there is none. Pass a val_loader, or restore_best=False and no "
+                         "checkpoint to keep the last epoch.")
 
 
 def check_learning_rates(optimizer: torch.optim.Optimizer, scheduler) -> None:
