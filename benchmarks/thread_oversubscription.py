@@ -5,19 +5,21 @@ program keeps a core busy, those threads wait for each other at every operation,
 several times slower than with a single thread. This script measures that on the course's workloads:
 
 - ``02``: EfficientNet-Lite0, batch 32 at 96 px, last two stages and the head trainable (notebook 02);
-- ``07``: EfficientNet-Lite0, batch 8 at 160 px, every parameter trainable (notebook 07).
+- ``07``: EfficientNet-Lite0, batch 8 at 160 px, every parameter trainable (notebook 07);
+- ``06_far``: EfficientNet-Lite0, batch 64 at 64 px, every parameter trainable (06_fine_tuning_far_domain).
 
-Three settings, each measured in a fresh Python process: torch's default thread count, one thread
-(``torch.set_num_threads(1)``), and the default count with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads
-sleep while they wait instead of spinning; the variable must be set before torch is imported). Each
+Five settings, each measured in a fresh Python process: torch's default thread count, one thread
+(``torch.set_num_threads(1)``), the default count with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads
+sleep while they wait instead of spinning; the variable must be set before torch is imported), and PASSIVE
+with a short spin before the sleep (``GOMP_SPINCOUNT`` 10,000 and 100,000, read by libgomp). Each
 measurement times ``--steps`` optimizer steps (forward, backward, AdamW step) after one warm-up step, under
 two conditions: ``idle`` (nothing started by this script) and ``busy`` (``--busy`` processes that spin a
 pure-Python loop, started before and stopped after the measurement). Rounds are interleaved; the table
 shows the median seconds per step over ``--repeats`` rounds and the process's CPU seconds per step (all its
 threads). The load average printed with each condition shows what else ran on the machine.
 
-Run: ``python benchmarks/thread_oversubscription.py [--repeats 3] [--steps 4] [--busy 1] [--no-readme]``; the
-table replaces the ``thread_oversubscription`` section of README.md.
+Run: ``python benchmarks/thread_oversubscription.py [--repeats 3] [--steps 4] [--busy 1] [--workloads 07 06_far]
+[--no-readme]``; the table replaces the ``thread_oversubscription`` section of README.md.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from course_utils.models import surgery
 WORKLOADS = {  # name: (batch, pixels, trainable stages; None = everything)
     "02": (32, 96, ("blocks.5", "blocks.6", "conv_head", "bn2", "classifier")),
     "07": (8, 160, None),
+    "06_far": (64, 64, None),
 }
 
 
@@ -89,6 +92,10 @@ SETTINGS = {  # name: (threads, extra environment); None threads = torch's defau
     "default": (None, {}),
     "1 thread": (1, {}),
     "default + OMP_WAIT_POLICY=PASSIVE": (None, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    # GOMP_SPINCOUNT overrides the spin that the policy implies (libgomp, torch's OpenMP on Linux): a waiting
+    # thread spins that many times (about 100,000 per millisecond, by libgomp's own estimate), then sleeps.
+    "PASSIVE + GOMP_SPINCOUNT=10000": (None, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}),
+    "PASSIVE + GOMP_SPINCOUNT=100000": (None, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "100000"}),
 }
 
 
