@@ -1,21 +1,22 @@
 """Does ``torch.compile`` pay for the fine-tuning step on this CPU, at the notebooks' sizes and budgets?
 
 Fine-tuning EfficientNet-Lite0 (every parameter trains, AdamW, channels_last) as notebooks 06 and
-06_fine_tuning_far_domain run it, with random images of their exact batch shapes (speed does not depend on
-the pixels): training batches of 32 at 112 px (06, 244 images, so the last batch holds 20) or of 64 at 64 px
-(06_far, 800 images, last batch 32), then one evaluation pass (06: 153 images at 128 px in batches of 64; 06_far:
-500 images at 64 px in batches of 100). Each mode runs in a fresh Python process: eager, and
-``torch.compile(model)`` (inductor) with an empty compile cache ("cold", what a first run and CI pay) and
-again with the cache the cold run left ("warm", a rerun of the notebook on the same machine). In each process
-two seeds each train a fresh copy of the model for two epochs, as the notebooks train one copy per seed.
+06_fine_tuning_far_domain run it, with random images of their exact batch shapes (speed does not depend on the
+pixels): training batches of 32 at 112 px (06, 244 images, so the last batch holds 20) or of 64 at 64 px
+(06_far, 800 images, last batch 32), then 06's evaluation pass (153 images at 128 px in batches of 64; 06_far
+evaluates nothing between epochs, only each finished model, which this leaves out). Each mode runs in a fresh
+Python process: eager, and ``torch.compile(model)`` (inductor) with an empty compile cache ("cold", what a first
+run and CI pay) and again with the cache the cold run left ("warm", a rerun of the notebook on the same
+machine). In each process two seeds each train a fresh copy of the model for two epochs, as the notebooks train
+one copy per seed.
 
 Compile seconds = a copy's first epoch minus the median later epoch (the first epoch compiles the training
-graph, the recompile for the smaller last batch and the evaluation graph). Seconds saved per epoch = eager's
-median epoch minus the compiled one. CPU seconds (the process and the compiler runs it waited for) stand in
-brackets beside wall seconds: on a shared machine they are the steadier measure. The verdict compares, for
-the notebook's own seeds x epochs, eager training against compiling once plus the later copies' compile
-seconds plus the compiled epochs, and says whether that training alone stays within a notebook's 2-minute
-budget. The table goes into README.md between the ``compile`` markers with the machine's CPU, threads and load.
+graph, the recompile for the smaller last batch and, for 06, the evaluation graph). Seconds saved per epoch =
+eager's median epoch minus the compiled one. CPU seconds (the process and the compiler runs it waited for) stand
+in brackets beside wall seconds: on a shared machine they are the steadier measure. The verdict compares, for
+the notebook's own seeds x epochs, eager training against compiling once plus the later copies' compile seconds
+plus the compiled epochs, and says whether that training alone stays within a notebook's 2-minute budget. The
+table goes into README.md between the ``compile`` markers with the machine's CPU, threads and load.
 
 Run:  python benchmarks/compile.py [--workloads 06 06_far] [--no-readme]   (several minutes: compiling is slow)
 """
@@ -46,7 +47,7 @@ from course_utils.models import surgery
 # name: (classes, training images, batch, train px, validation images, eval batch, eval px, seeds, epochs, lrs)
 WORKLOADS = {
     "06": (2, 244, 32, 112, 153, 64, 128, 3, 4, (1e-3, 1e-4)),
-    "06_far": (10, 800, 64, 64, 500, 100, 64, 3, 5, (5e-3, 2e-3)),
+    "06_far": (10, 800, 64, 64, 0, 100, 64, 3, 5, (5e-3, 2e-3)),   # fit(val_loader=None): no evaluation pass
 }
 COPIES, EPOCHS = 2, 2  # measured per process
 NOTEBOOK_BUDGET = 120  # seconds a whole notebook may take on 2 cores (issue 19)
@@ -70,7 +71,7 @@ def _cpu() -> float:
 
 def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_data: list, eval_data: list) -> tuple[float, float]:
     """Wall and CPU seconds (:func:`_cpu`) of one training pass (forward, backward, AdamW step per batch) and one
-    evaluation pass."""
+    evaluation pass (none when ``eval_data`` is empty)."""
     start, cpu = time.perf_counter(), _cpu()
     net.train()
     for images, labels in train_data:
