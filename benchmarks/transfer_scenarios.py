@@ -1,11 +1,11 @@
 """The full grid of notebook 09: every strategy, training-set size and seed on the near and the far domain.
 
-Notebook 09 writes the grid's loop out and runs the part of it that fits its time on 2 CPU cores (its PLAN
-cell: 5, 20 and all images per class; scratch and full fine-tuning with one seed). This script runs all of it
-through ``scenarios.run_grid`` (the same loop, which the notebook checks against its own on one cell) with the
-same images, features, budget and validation sets, prints a Markdown table of accuracies (seed-averaged, 95%
-bootstrap intervals over the validation images, the seeds' range) and the paired differences behind each rule
-of thumb, and writes both to ``--output``.
+Notebook 09 writes the grid's loop out and runs the part of it that fits its time on 2 CPU cores (its PLAN cell:
+5, 20 and all images per class; scratch with one seed, on EuroSAT at 5 per class only; full fine-tuning not at
+all). This script runs all of it through ``scenarios.run_grid`` (the same loop, which the notebook checks
+against its own on one cell) with the same images, features, budget and validation sets, prints a Markdown table
+of accuracies (seed-averaged, 95% bootstrap intervals over the validation images, the seeds' range) and the
+paired differences behind each rule of thumb, and writes both to ``--output``.
 
 Run: ``python benchmarks/transfer_scenarios.py [--seeds 3] [--threads N] [--device cuda] [--output FILE]
 [--no-readme]``; the tables also replace the ``transfer_scenarios`` section of README.md.

@@ -249,7 +249,7 @@ def fit(
     checkpoint: str | Path | None = None, progress: bool = True, restore_best: bool = True,
     batch_scheduler=None,
 ) -> list[dict[str, float]]:
-    """Train for ``epochs``, evaluating after each; keep the best weights by validation accuracy.
+    """Train for ``epochs``, evaluating after each (with a ``val_loader``); keep the best weights by validation accuracy.
 
     Before the first batch, the head's number of outputs is checked against the training set's classes
     (when the dataset has ``.classes``).
@@ -259,7 +259,7 @@ def fit(
             and ``val_acc``): for runs judged by their last epoch (``restore_best=False``, no ``checkpoint``),
             measured once afterwards with ``predict``.
         device: A ``torch.device`` or its name (``"cpu"``, ``"cuda"``).
-        scheduler: Stepped once per epoch, after evaluation.
+        scheduler: Stepped once per epoch, after the epoch's evaluation (if any).
         batch_scheduler: Stepped after every optimizer step (schedules with a warm-up of a few steps).
         amp: Mixed precision (CUDA only; ignored elsewhere).
         checkpoint: If given, the best state dict is saved there (atomically) after each improvement.
